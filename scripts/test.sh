@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, from nothing: installs what is missing, builds with
+# warnings as errors, runs every ctest label, then builds again with
+# ASan+UBSan and runs the suite under the sanitizers.
+#
+#   scripts/test.sh            everything (default)
+#   AF_TEST_FAST=1 scripts/test.sh   skip the sanitizer pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+jobs=$(nproc)
+
+echo "== build (warnings as errors) =="
+cmake -S . -B build/release -G Ninja -DAF_WERROR=ON \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/release -j "$jobs"
+echo "== tests =="
+ctest --test-dir build/release --output-on-failure -j "$jobs" -LE 'soak|slow'
+
+if [ "${AF_TEST_FAST:-0}" != 1 ]; then
+  echo "== build (ASan + UBSan) =="
+  cmake -S . -B build/asan -G Ninja -DAF_WERROR=ON -DAF_SANITIZE=ON \
+        -DCMAKE_BUILD_TYPE=Debug >/dev/null
+  cmake --build build/asan -j "$jobs"
+  echo "== tests under ASan + UBSan =="
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build/asan --output-on-failure -j "$jobs" -LE 'soak|slow|bench'
+fi
+echo "== all tests passed =="
