@@ -137,8 +137,8 @@ void af_recovery_policy_init(af_recovery_policy_t *p);
  *   "initial_delay_ms must be >= 0"
  *   "max_delay_ms must be >= initial_delay_ms"
  *   "unknown recovery strategy %d", "unknown jitter %d", "unknown probe %d"
+ *   "probe_target is too long", "probe_service is too long" (no NUL)
  *   "probe_target is required for probe %s"  (e.g. "... for probe TCP")
- *   "probe_target is too long", "probe_service is too long"
  *   "probe_timeout_ms must be >= 1"
  * p borrows; NULL gives AF_EINVAL "policy is required". */
 af_status_t af_recovery_policy_validate(const af_recovery_policy_t *p,
