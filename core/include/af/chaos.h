@@ -162,11 +162,12 @@ typedef struct {
   size_t protected_count;     /* 0 */
   char hash[AF_HASH_MAX + 1]; /* AF_CONSTITUTIONAL_HASH_DEFAULT */
   uint64_t rng_seed;          /* 0 = seeded from the clock */
-  /* Forces the breaker `target` open (open=true, on activation of a
-   * CIRCUIT_BREAKER scenario, before it is stored) or lifts the force
-   * (open=false, when that scenario is deactivated, expires, is stopped).
-   * A failure on open=true refuses the activation; on open=false it is
-   * ignored. May be NULL. target is borrowed for the call. */
+  /* Sets the force-open of breaker `target`: open=true while a
+   * CIRCUIT_BREAKER scenario on it is active, open=false once none is
+   * (deactivated, expired, replaced by nothing, emergency stop). Calls are
+   * re-issued until they agree with the latest scenario set, so concurrent
+   * activations and deactivations always converge. The return value is
+   * ignored (the seed only logs it). May be NULL. target is borrowed. */
   af_status_t (*force_breaker)(const char *target, bool open, void *ctx);
   /* Audit and watch hook; may be NULL. ev is borrowed for the call. */
   void (*on_event)(const af_chaos_event_t *ev, void *ctx);
@@ -197,7 +198,6 @@ void af_chaos_destroy(af_chaos_t *c);
  *   AF_EPROTECTED target or a blast radius member is protected
  *   AF_ESTOPPED   "Cannot activate chaos scenario: emergency stop is active"
  *   AF_ELIMIT     max_scenarios active
- *   any status    returned by force_breaker(target, true)
  *   AF_ENOMEM */
 af_status_t af_chaos_activate(af_chaos_t *c, const af_chaos_request_t *req,
                               af_chaos_scenario_t *out, af_error_t *err);
