@@ -51,6 +51,7 @@ typedef struct entry {
   int64_t touch_wall;
   af_breaker_state_t state;
   bool stale;
+  uint64_t sort_key; /* first 8 name bytes, big-endian: orders like strcmp */
   size_t name_len;
   char name[AF_NAME_MAX + 1];
 } entry_t;
@@ -89,6 +90,8 @@ struct af_health {
 
   uint64_t den, num2;
   size_t n_closed, n_half, n_open, n_stale;
+  /* sum of name_len + 1 per report list, so a report needs one pass */
+  size_t bytes_half, bytes_open, bytes_stale;
 
   bool evaluated;
   af_health_status_t status;
@@ -345,9 +348,11 @@ static void sums_add(af_health_t *h, const entry_t *e)
     break;
   case 1:
     h->n_half++;
+    h->bytes_half += e->name_len + 1;
     break;
   default:
     h->n_open++;
+    h->bytes_open += e->name_len + 1;
     break;
   }
 }
@@ -362,9 +367,11 @@ static void sums_sub(af_health_t *h, const entry_t *e)
     break;
   case 1:
     h->n_half--;
+    h->bytes_half -= e->name_len + 1;
     break;
   default:
     h->n_open--;
+    h->bytes_open -= e->name_len + 1;
     break;
   }
 }
@@ -382,6 +389,7 @@ static void expire_stale_locked(af_health_t *h, uint64_t now)
     sums_sub(h, e);
     e->stale = true;
     h->n_stale++;
+    h->bytes_stale += e->name_len + 1;
     list_append(&h->stale, e);
   }
 }
@@ -392,6 +400,7 @@ static void touch_locked(af_health_t *h, entry_t *e, uint64_t now)
     list_remove(&h->stale, e);
     e->stale = false;
     h->n_stale--;
+    h->bytes_stale -= e->name_len + 1;
     sums_add(h, e);
   } else {
     list_remove(&h->fresh, e);
@@ -580,6 +589,9 @@ af_status_t af_health_track(af_health_t *h, const char *name,
   if (rc == AF_OK) {
     e->hash = hash_name(name, &e->name_len);
     memcpy(e->name, name, e->name_len + 1);
+    for (size_t i = 0; i < 8; i++)
+      e->sort_key = (e->sort_key << 8) |
+                    (i < e->name_len ? (unsigned char)e->name[i] : 0u);
     e->state = state;
     e->weight = weight;
     e->w_units = weight_units(weight);
@@ -621,6 +633,7 @@ af_status_t af_health_untrack(af_health_t *h, const char *name)
     if (e->stale) {
       list_remove(&h->stale, e);
       h->n_stale--;
+      h->bytes_stale -= e->name_len + 1;
     } else {
       list_remove(&h->fresh, e);
       sums_sub(h, e);
@@ -694,11 +707,18 @@ af_status_t af_health_touch(af_health_t *h, const char *name)
 
 /* ---- reading ------------------------------------------------------------- */
 
-static int cmp_entry_name(const void *a, const void *b)
+typedef struct {
+  uint64_t key;
+  entry_t *e;
+} sort_item_t;
+
+/* Keys decide most comparisons without touching the (scattered) entries. */
+static int cmp_sort_item(const void *a, const void *b)
 {
-  const entry_t *x = *(entry_t *const *)a;
-  const entry_t *y = *(entry_t *const *)b;
-  return strcmp(x->name, y->name);
+  const sort_item_t *x = a, *y = b;
+  if (x->key != y->key)
+    return x->key < y->key ? -1 : 1;
+  return strcmp(x->e->name, y->e->name);
 }
 
 static af_status_t ensure_sorted_locked(af_health_t *h)
@@ -714,11 +734,24 @@ static af_status_t ensure_sorted_locked(af_health_t *h)
     h->sorted_cap = cap;
   }
   size_t n = 0;
-  for (entry_t *e = h->fresh.head; e != NULL; e = e->next)
-    h->sorted[n++] = e;
-  for (entry_t *e = h->stale.head; e != NULL; e = e->next)
-    h->sorted[n++] = e;
-  qsort(h->sorted, n, sizeof(*h->sorted), cmp_entry_name);
+  sort_item_t *items = NULL;
+  if (h->tracked > 0) {
+    items = af_malloc(h->tracked * sizeof(*items));
+    if (items == NULL)
+      return AF_ENOMEM;
+  }
+  list_t *lists[2] = {&h->fresh, &h->stale};
+  for (int l = 0; l < 2; l++)
+    for (entry_t *e = lists[l]->head; e != NULL; e = e->next) {
+      items[n].key = e->sort_key;
+      items[n].e = e;
+      n++;
+    }
+  if (n > 1)
+    qsort(items, n, sizeof(*items), cmp_sort_item);
+  for (size_t i = 0; i < n; i++)
+    h->sorted[i] = items[i].e;
+  af_free(items);
   h->sorted_len = n;
   h->sorted_dirty = false;
   return AF_OK;
@@ -756,16 +789,7 @@ af_status_t af_health_report(af_health_t *h, af_health_report_t *out)
   evaluate_locked(h, &p);
   rc = ensure_sorted_locked(h);
   if (rc == AF_OK) {
-    size_t bytes[3] = {0, 0, 0}; /* degraded, critical, stale */
-    for (size_t i = 0; i < h->sorted_len; i++) {
-      const entry_t *e = h->sorted[i];
-      if (e->stale)
-        bytes[2] += e->name_len + 1;
-      else if (value2(e->state) == 1)
-        bytes[0] += e->name_len + 1;
-      else if (value2(e->state) == 0)
-        bytes[1] += e->name_len + 1;
-    }
+    size_t bytes[3] = {h->bytes_half, h->bytes_open, h->bytes_stale};
     char *cur[3] = {NULL, NULL, NULL};
     out->degraded = name_list_alloc(h->n_half, bytes[0], &cur[0]);
     out->critical = name_list_alloc(h->n_open, bytes[1], &cur[1]);
