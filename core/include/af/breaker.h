@@ -253,7 +253,8 @@ af_status_t af_breaker_force(af_breaker_t *b, af_breaker_state_t forced,
 af_status_t af_breaker_unforce(af_breaker_t *b, const char *reason);
 
 /* Sets CLOSED, OPEN (new reset_timeout) or HALF_OPEN (fresh trial window)
- * directly; others AF_EINVAL. AF_ESTATE while forced. reason NULL = "set". */
+ * directly; others AF_EINVAL. Setting the current state is a no-op (no
+ * event, deadline kept). AF_ESTATE while forced. reason NULL = "set". */
 af_status_t af_breaker_set_state(af_breaker_t *b, af_breaker_state_t state,
                                  const char *reason);
 
