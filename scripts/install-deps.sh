@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
-  libgrpc-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
+  libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
   nanopb libnanopb-dev libcmocka-dev grpc-proto libsqlite3-dev
   python3-grpcio python3-grpc-tools protobuf-compiler-grpc
   nghttp2-client openssl
