@@ -33,8 +33,9 @@ af_status_t af_reflection_create(af_reflection_t **out, const uint8_t *fds,
 void af_reflection_destroy(af_reflection_t *r);
 
 /* Registers /grpc.reflection.v1.ServerReflection/ServerReflectionInfo and
- * the v1alpha path on srv. r retained until the server is destroyed;
- * af_server_destroy destroys it (takes ownership on success). */
+ * the v1alpha path on srv (owner thread, before start). Takes r in every
+ * case: the server destroys it in af_server_destroy, or it is destroyed
+ * here on failure. */
 af_status_t af_reflection_register(af_server_t *srv, af_reflection_t *r);
 
 /* Registers reflection over the embedded af_descriptor_set. */

@@ -127,8 +127,10 @@ typedef void (*af_unary_fn)(af_rpc_t *rpc, const ProtobufCMessage *req,
  * call (if it did not call af_rpc_fail itself, the client gets that code
  * with message "aborted"). on_end runs when the client half-closes and
  * must answer exactly once (now or later). If the call breaks first
- * (cancel, disconnect, shutdown), on_end still runs so the handler can
- * clean up; its answer is then dropped. */
+ * (cancel, disconnect, shutdown), on_end still runs and must still answer
+ * (the answer is dropped). After an abort (on_message failed, or a
+ * malformed message) on_end does not run: keep per-call state in
+ * af_rpc_set_user so its free function cleans up. */
 typedef grpc_status_code (*af_client_msg_fn)(af_rpc_t *rpc,
                                              const ProtobufCMessage *msg,
                                              void *ctx);
@@ -233,10 +235,12 @@ void af_server_stats(const af_server_t *srv, af_server_stats_t *out);
 /* ------------------------------------------------------------------ */
 /* Unary, client-stream and bidi calls                                */
 
-/* Sends resp (borrowed; packed at once) with status OK and ends the call.
- * Any thread. Exactly one of reply / fail per call; a second answer, or an
- * answer after the client went away, is a harmless no-op. After this the
- * rpc pointer must not be used. */
+/* Sends resp (borrowed; packed at once; NULL sends a status without a
+ * message, which clients treat as an error: always pass one) with status OK and
+ * ends the call. Any thread. Exactly one of reply / fail per call; after it the
+ * rpc pointer must not be used. Answering after the client went away is
+ * harmless. An answer larger than max_message_bytes becomes RESOURCE_EXHAUSTED.
+ */
 void af_rpc_reply(af_rpc_t *rpc, const ProtobufCMessage *resp);
 
 /* Ends the call with code (!= GRPC_STATUS_OK) and a printf message. Same
@@ -333,6 +337,11 @@ bool af_stream_ended(const af_stream_t *st);
 
 /* The server a call belongs to. */
 af_server_t *af_rpc_server(const af_rpc_t *rpc);
+
+/* Internal to server/ (grpc_health.c): one slot for the health registry,
+ * set before start. Not for handlers. */
+void af__server_set_health(af_server_t *srv, void *health);
+void *af__server_health(const af_server_t *srv);
 
 #ifdef __cplusplus
 }
