@@ -31,9 +31,9 @@ typedef struct af_svc_chaos af_svc_chaos_t;
 typedef struct af_svc_metering af_svc_metering_t;
 
 struct af_app {
-  af_config_t cfg;      /* copy of the server's configuration */
-  af_server_t *srv;     /* borrowed: the server the RPCs are registered on */
-  af_engine_t *engine;  /* owned */
+  af_config_t cfg;     /* copy of the server's configuration */
+  af_server_t *srv;    /* borrowed: the server the RPCs are registered on */
+  af_engine_t *engine; /* owned */
   /* One hub per watch stream kind: app.c publishes each engine event of the
    * matching kind to the hub, which hands it to every subscribed stream. */
   af_hub_t *breaker_hub;

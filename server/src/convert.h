@@ -39,9 +39,8 @@ Google__Protobuf__Duration *af_duration_from_ms(Google__Protobuf__Duration *d,
  * [0, 1e9) or larger than max_ms -> AF_EINVAL with err "<field> must be
  * between 0 and <max_ms> ms" (field names the request field). */
 af_status_t af_duration_to_ms(const Google__Protobuf__Duration *d,
-                              uint64_t dflt, uint64_t max_ms,
-                              const char *field, uint64_t *ms,
-                              af_error_t *err);
+                              uint64_t dflt, uint64_t max_ms, const char *field,
+                              uint64_t *ms, af_error_t *err);
 
 Antifragility__V1__BreakerState af_breaker_state_to_pb(af_breaker_state_t s);
 /* false for UNSPECIFIED and unknown values. */
