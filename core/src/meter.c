@@ -28,7 +28,8 @@
  * Threading: producers are lock-free. The consumer role is a flag taken with
  * an atomic exchange by drain / flush_now / the flusher round / shutdown, so
  * the sink is called with no lock held. `lock` + `cond` only serve the
- * flusher thread's sleeps and its stop request (CLOCK_MONOTONIC timed waits);
+ * flusher thread's sleeps, its stop request and flush requests
+ * (CLOCK_MONOTONIC timed waits);
  * scheduling decisions use the injected clock.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -72,6 +73,7 @@ struct af_meter {
   _Atomic bool closed;
   _Atomic bool running;
   _Atomic bool consumer_busy;
+  _Atomic bool flush_requested; /* af_meter_request_flush: flush partials */
 
   uint64_t id_prefix;
   _Atomic uint64_t id_counter;
@@ -618,9 +620,10 @@ static void *flusher_main(void *arg)
     uint64_t wait_ns = interval_ns;
     if (consumer_acquire(m)) {
       uint64_t now = af_clock_mono_ns(m->cfg.clock);
+      bool requested = atomic_exchange(&m->flush_requested, false);
       bool tick = now >= next_tick;
       bool retry_due = m->failures > 0 && now >= m->next_retry_ns;
-      flush_batches(m, tick || retry_due, false, &failed);
+      flush_batches(m, tick || retry_due || requested, false, &failed);
       now = af_clock_mono_ns(m->cfg.clock);
       if (tick)
         next_tick = now + interval_ns;
@@ -635,7 +638,10 @@ static void *flusher_main(void *arg)
     }
 
     pthread_mutex_lock(&m->lock);
-    if (!m->stopping && !more && wait_ns > 0)
+    /* flush_requested is re-read under the lock the requester signals
+     * with, so a request made after the round above is never slept over. */
+    if (!m->stopping && !more && wait_ns > 0 &&
+        !atomic_load(&m->flush_requested))
       timed_wait_locked(m, wait_ns);
   }
   pthread_mutex_unlock(&m->lock);
@@ -659,6 +665,16 @@ af_status_t af_meter_start(af_meter_t *m)
     return AF_EINTERNAL;
   }
   return AF_OK;
+}
+
+void af_meter_request_flush(af_meter_t *m)
+{
+  if (m == NULL || !atomic_load(&m->running))
+    return;
+  atomic_store(&m->flush_requested, true);
+  pthread_mutex_lock(&m->lock);
+  pthread_cond_signal(&m->cond);
+  pthread_mutex_unlock(&m->lock);
 }
 
 static size_t total_depth(af_meter_t *m)

@@ -206,6 +206,16 @@ size_t af_meter_drain(af_meter_t *m, af_meter_event_t *out, size_t max);
  * creation failed). */
 af_status_t af_meter_start(af_meter_t *m);
 
+/* Asks the running flusher thread to hand the sink whatever is queued now,
+ * a partial batch included, instead of waiting for the next
+ * flush_interval_ms tick (a sink backoff after an error still applies).
+ * Requests made while a round runs fold into one more round: a caller that
+ * waits for its event to reach the sink gets group commit, not a sink call
+ * per event. Takes the flusher's mutex only to signal it (never held
+ * across the sink), so it does not block on the sink. No-op when the
+ * flusher is not running (use af_meter_flush_now then). Thread-safe. */
+void af_meter_request_flush(af_meter_t *m);
+
 /* From the caller's thread, hands the sink every queued event in batches of
  * batch_size (ignoring any retry backoff) until the queue is empty or the
  * sink returns an error (the refused batch is kept). Returns how many events
