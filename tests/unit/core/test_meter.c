@@ -1154,6 +1154,77 @@ flusher_delivers_a_full_batch_without_the_clock_advancing(void **state)
   fx_free(fx);
 }
 
+/* A clock that counts how often the meter reads its monotonic time, over a
+ * manual clock: the flusher reads it at the start and at the end of every
+ * round, so three more reads mean a whole round began after a given point. */
+typedef struct {
+  af_manual_clock_t *mc;
+  atomic_ulong mono_reads;
+} counting_clock_t;
+
+static uint64_t counting_mono_ns(void *ctx)
+{
+  counting_clock_t *cc = ctx;
+  atomic_fetch_add(&cc->mono_reads, 1);
+  return af_clock_mono_ns(af_manual_clock_clock(cc->mc));
+}
+
+static int64_t counting_wall_ns(void *ctx)
+{
+  counting_clock_t *cc = ctx;
+  return af_clock_wall_ns(af_manual_clock_clock(cc->mc));
+}
+
+/* Polls (bounded, real time) until the flusher has run a whole round. */
+static bool wait_for_a_flusher_round(counting_clock_t *cc)
+{
+  unsigned long from = atomic_load(&cc->mono_reads);
+  uint64_t give_up = af_clock_mono_ns(NULL) + WAIT_GUARD_MS * AF_NS_PER_MS;
+  while (atomic_load(&cc->mono_reads) < from + 3) {
+    if (af_clock_mono_ns(NULL) > give_up)
+      return false;
+    struct timespec ts = {0, 100000}; /* 0.1 ms between polls */
+    nanosleep(&ts, NULL);
+  }
+  return true;
+}
+
+static void
+flusher_completes_a_batch_it_had_started_with_newer_events(void **state)
+{
+  (void)state;
+  fx_t *fx = fx_new(NULL, false);
+  counting_clock_t cc = {.mc = fx->mc};
+  const af_clock_t clock = {counting_mono_ns, counting_wall_ns, &cc};
+  af_meter_config_t cfg = flusher_config(5);
+  cfg.clock = &clock;
+  cfg.sink = record_sink;
+  cfg.sink_ctx = &fx->sink;
+  af_meter_destroy(fx->m);
+  assert_int_equal(af_meter_create(&fx->m, &cfg, NULL), AF_OK);
+  assert_int_equal(af_meter_start(fx->m), AF_OK);
+
+  /* Two events: the flusher takes them up but holds them, the batch is not
+   * full and the (manual) interval never passes. */
+  assert_int_equal(enqueue_n(fx->m, 0), AF_OK);
+  assert_int_equal(enqueue_n(fx->m, 1), AF_OK);
+  assert_true(wait_for_a_flusher_round(&cc));
+  assert_int_equal(metrics_of(fx->m).depth, 2);
+  /* Three more complete the batch: it goes out whole, in order. */
+  for (uint64_t i = 2; i < 5; i++)
+    assert_int_equal(enqueue_n(fx->m, i), AF_OK);
+  assert_true(sink_wait(&fx->sink, 1, 5, WAIT_GUARD_MS));
+  pthread_mutex_lock(&fx->sink.mu);
+  assert_int_equal(fx->sink.batch_sizes[0], 5);
+  for (size_t i = 0; i < 5; i++)
+    assert_int_equal(fx->sink.accepted.items[i].units, i);
+  pthread_mutex_unlock(&fx->sink.mu);
+  assert_int_equal(af_meter_shutdown(fx->m, 0), 0);
+  af_meter_destroy(fx->m); /* before the clock it retains goes away */
+  fx->m = NULL;
+  fx_free(fx);
+}
+
 static void
 flusher_delivers_a_partial_batch_once_the_interval_passes(void **state)
 {
@@ -1170,10 +1241,13 @@ flusher_delivers_a_partial_batch_once_the_interval_passes(void **state)
   for (size_t i = 0; i < 3; i++)
     assert_int_equal(s->accepted.items[i].units, i);
   pthread_mutex_unlock(&s->mu);
+  /* the thread counts a batch after the sink returns: join it first */
+  assert_int_equal(af_meter_shutdown(fx->m, 0), 0);
   af_meter_metrics_t mm = metrics_of(fx->m);
   assert_int_equal(mm.flushed, 3);
+  assert_int_equal(mm.batches, 1);
   assert_int_equal(mm.depth, 0);
-  assert_int_equal(af_meter_shutdown(fx->m, 0), 0);
+  assert_int_equal(s->calls, 1); /* shutdown had nothing left */
   fx_free(fx);
 }
 
@@ -1196,12 +1270,13 @@ static void flusher_retries_a_refused_batch_after_the_backoff(void **state)
   for (size_t i = 0; i < 12; i++)
     assert_int_equal(s->offered.items[i].units, i % 4);
   pthread_mutex_unlock(&s->mu);
+  /* the thread counts a batch after the sink returns: join it first */
+  assert_int_equal(af_meter_shutdown(fx->m, 0), 0);
   af_meter_metrics_t mm = metrics_of(fx->m);
   assert_int_equal(mm.sink_errors, 2);
   assert_int_equal(mm.flushed, 4);
   assert_int_equal(mm.batches, 1);
   assert_int_equal(mm.depth, 0);
-  assert_int_equal(af_meter_shutdown(fx->m, 0), 0);
   fx_free(fx);
 }
 
@@ -1734,6 +1809,8 @@ int main(void)
       cmocka_unit_test(while_the_flusher_runs_drain_and_flush_now_return_zero),
       cmocka_unit_test(
           flusher_delivers_a_full_batch_without_the_clock_advancing),
+      cmocka_unit_test(
+          flusher_completes_a_batch_it_had_started_with_newer_events),
       cmocka_unit_test(
           flusher_delivers_a_partial_batch_once_the_interval_passes),
       cmocka_unit_test(flusher_retries_a_refused_batch_after_the_backoff),
