@@ -499,7 +499,7 @@ static void name_valid_accepts_well_formed_utf8_up_to_u10ffff(void **state)
 {
   (void)state;
   const char *good[] = {
-      "\xc2\x80",         /* U+0080, smallest 2-byte */
+      "\xc2\xa0",         /* U+00A0, first printable 2-byte */
       "caf\xc3\xa9",      /* U+00E9 */
       "\xdf\xbf",         /* U+07FF */
       "\xe0\xa0\x80",     /* U+0800, smallest 3-byte */
@@ -566,13 +566,15 @@ static void name_valid_rejects_c0_controls_and_del(void **state)
   }
 }
 
-static void name_valid_accepts_c1_controls_as_types_c_documents(void **state)
+static void name_valid_rejects_c1_controls(void **state)
 {
   (void)state;
-  /* types.c rejects C0 and DEL only; U+0080..U+009F (C1) pass. */
-  assert_true(af_name_valid("\xc2\x80"));
-  assert_true(af_name_valid("a\xc2\x85z"));
-  assert_true(af_name_valid("\xc2\x9f"));
+  /* U+0080..U+009F are control characters too; U+00A0 is the first
+   * printable code point after them. */
+  assert_false(af_name_valid("\xc2\x80"));
+  assert_false(af_name_valid("a\xc2\x85z"));
+  assert_false(af_name_valid("\xc2\x9f"));
+  assert_true(af_name_valid("\xc2\xa0"));
 }
 
 int main(void)
@@ -615,7 +617,7 @@ int main(void)
       cmocka_unit_test(name_valid_accepts_well_formed_utf8_up_to_u10ffff),
       cmocka_unit_test(name_valid_rejects_malformed_utf8),
       cmocka_unit_test(name_valid_rejects_c0_controls_and_del),
-      cmocka_unit_test(name_valid_accepts_c1_controls_as_types_c_documents),
+      cmocka_unit_test(name_valid_rejects_c1_controls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
