@@ -772,7 +772,7 @@ void af_svc_metering_configure(af_app_t *app, af_engine_config_t *ecfg)
     af_free(svc);
     return;
   }
-  if (af_usage_store_memory_create(&svc->store) != AF_OK) {
+  if (af_usage_store_open(&svc->store) != AF_OK) {
     pthread_mutex_destroy(&svc->mu);
     af_free(svc);
     return;
@@ -782,6 +782,14 @@ void af_svc_metering_configure(af_app_t *app, af_engine_config_t *ecfg)
   app->metering = svc;
   ecfg->meter.sink = sink;
   ecfg->meter.sink_ctx = svc;
+  /* A small --queue-size or a long --flush-interval-ms must not make the
+   * engine refuse the meter's other defaults. */
+  if (ecfg->meter.batch_size > ecfg->meter.capacity) {
+    ecfg->meter.batch_size = ecfg->meter.capacity;
+  }
+  if (ecfg->meter.max_retry_backoff_ms < ecfg->meter.flush_interval_ms) {
+    ecfg->meter.max_retry_backoff_ms = ecfg->meter.flush_interval_ms;
+  }
 }
 
 af_status_t af_svc_metering_register(af_app_t *app)

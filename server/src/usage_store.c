@@ -76,7 +76,24 @@ typedef struct {
   size_t ledger_n;
 } mem_store_t;
 
-/* ---- dispatch ---------------------------------------------------------- */
+/* ---- selection and dispatch -------------------------------------------- */
+
+static af_usage_store_factory_fn g_factory;
+static void *g_factory_ctx;
+
+void af__usage_store_set_factory(af_usage_store_factory_fn fn, void *ctx)
+{
+  g_factory = fn;
+  g_factory_ctx = ctx;
+}
+
+af_status_t af_usage_store_open(af_usage_store_t **out)
+{
+  if (g_factory != NULL) {
+    return g_factory(out, g_factory_ctx);
+  }
+  return af_usage_store_memory_create(out);
+}
 
 af_status_t af_usage_store_apply(af_usage_store_t *s,
                                  const af_meter_event_t *events, size_t n,

@@ -96,6 +96,19 @@ struct af_usage_store {
  * *out untouched on failure. */
 af_status_t af_usage_store_memory_create(af_usage_store_t **out);
 
+/* The store afd uses: the factory installed with af__usage_store_set_factory
+ * if any, else the in-memory store (the SQLite store will be chosen here).
+ * Same returns as the factory. */
+af_status_t af_usage_store_open(af_usage_store_t **out);
+
+/* Test seam: process-wide, the next af_usage_store_open calls fn(out, ctx)
+ * instead (e.g. a store that wraps the memory store and holds apply back
+ * so that a test can fill the meter). NULL restores the default. Set it
+ * while no app is being created (not synchronised). */
+typedef af_status_t (*af_usage_store_factory_fn)(af_usage_store_t **out,
+                                                 void *ctx);
+void af__usage_store_set_factory(af_usage_store_factory_fn fn, void *ctx);
+
 /* Dispatch to the implementation (see the ops above). */
 af_status_t af_usage_store_apply(af_usage_store_t *s,
                                  const af_meter_event_t *events, size_t n,
