@@ -1154,6 +1154,30 @@ flusher_delivers_a_full_batch_without_the_clock_advancing(void **state)
   fx_free(fx);
 }
 
+static void
+flusher_delivers_a_partial_batch_on_request_without_the_clock_advancing(
+    void **state)
+{
+  (void)state;
+  af_meter_config_t cfg = flusher_config(100);
+  fx_t *fx = fx_new(&cfg, true);
+  af_meter_request_flush(fx->m); /* not running: a no-op */
+  af_meter_request_flush(NULL);
+  assert_int_equal(af_meter_start(fx->m), AF_OK);
+  for (uint64_t i = 0; i < 3; i++)
+    assert_int_equal(enqueue_n(fx->m, i), AF_OK);
+  /* The manual clock never reaches the next tick: only the request can
+   * make the flusher hand over a partial batch. */
+  af_meter_request_flush(fx->m);
+  assert_true(sink_wait(&fx->sink, 1, 3, WAIT_GUARD_MS));
+  sink_t *s = &fx->sink;
+  pthread_mutex_lock(&s->mu);
+  assert_int_equal(s->batch_sizes[0], 3);
+  pthread_mutex_unlock(&s->mu);
+  assert_int_equal(af_meter_shutdown(fx->m, 0), 0);
+  fx_free(fx);
+}
+
 /* A clock that counts how often the meter reads its monotonic time, over a
  * manual clock: the flusher reads it at the start and at the end of every
  * round, so three more reads mean a whole round began after a given point. */
@@ -1809,6 +1833,8 @@ int main(void)
       cmocka_unit_test(while_the_flusher_runs_drain_and_flush_now_return_zero),
       cmocka_unit_test(
           flusher_delivers_a_full_batch_without_the_clock_advancing),
+      cmocka_unit_test(
+          flusher_delivers_a_partial_batch_on_request_without_the_clock_advancing),
       cmocka_unit_test(
           flusher_completes_a_batch_it_had_started_with_newer_events),
       cmocka_unit_test(
