@@ -14,6 +14,13 @@
  * (af_meter_request_flush), so the wait is one group commit, not a flush
  * interval.
  *
+ * Validation: the core's af_meter_event_validate messages, plus the rules
+ * only the wire has (operation required, timestamp range, the metadata map
+ * limits, constitutional_hash). Wire defaults: tier UNSPECIFIED = STANDARD,
+ * units 0 = 1, event_id "" = a generated key (returned in the reply).
+ * Refusals here count in dropped_invalid like the meter's own. RecordUsage
+ * replies durable = the store's `durable` (false for the memory store).
+ *
  * Invariants:
  *   - Waiters are in the FIFO in exactly the order their events are in the
  *     meter (enqueue + append happen under `mu`), so the sink matches them
@@ -34,7 +41,6 @@
  */
 #include "app_internal.h"
 
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -651,7 +657,11 @@ query_from_pb(af_svc_metering_t *svc,
       return rc;
     }
   } else {
+    /* Unset = now (an empty range if start is later). */
     q->end_ns = af_clock_wall_ns(af_engine_clock(svc->app->engine));
+    if (q->end_ns < q->start_ns) {
+      q->end_ns = q->start_ns;
+    }
   }
   if (q->end_ns < q->start_ns) {
     return af_error_set(err, AF_EINVAL, "end must not be before start");

@@ -1214,6 +1214,53 @@ full_queue_answers_resource_exhausted_and_drops_nothing(void **state)
   assert_int_equal(count_of(f->c, "t-full"), 6);
 }
 
+static void wait_flushed(af_tc_t *c, uint64_t flushed)
+{
+  int64_t until = af_tc_now_ms() + 10000;
+  uint64_t got = 0;
+  while (af_tc_now_ms() < until) {
+    metrics_resp_t *m = metrics(c);
+    got = m->flushed;
+    free_msg(m);
+    if (got >= flushed) {
+      return;
+    }
+    nap_ms(2);
+  }
+  fail_msg("flushed %llu, want %llu", (unsigned long long)got,
+           (unsigned long long)flushed);
+}
+
+static void
+calls_that_give_up_while_waiting_are_recorded_and_retry_as_dup(void **state)
+{
+  fixture_t *f = *state;
+  gate_set(false);
+  ev_t e;
+  ev_init(&e, "t-late", "late-0");
+  ProtobufCMessage *r = NULL;
+  assert_int_equal(
+      af_tc_unary(f->c, RECORD, &e.req.base, K_RECORD, &r, NULL, NULL, 200),
+      GRPC_STATUS_DEADLINE_EXCEEDED);
+  assert_null(r);
+  ev_t two[2];
+  ev_init(&two[0], "t-late", "late-1");
+  ev_init(&two[1], "t-late", "late-2");
+  const ProtobufCMessage *reqs[] = {&two[0].req.base, &two[1].req.base};
+  assert_int_equal(af_tc_client_stream(f->c, RECORD_STREAM, reqs, 2, K_STREAM,
+                                       &r, NULL, 200),
+                   GRPC_STATUS_DEADLINE_EXCEEDED);
+  assert_null(r);
+
+  /* The server still owes (and drops) both answers; once the sink runs
+   * the events are recorded, and a retry with the same key says so. */
+  gate_set(true);
+  wait_flushed(f->c, 3);
+  assert_int_equal(count_of(f->c, "t-late"), 3);
+  record_ok(f->c, &e, true);
+  record_ok(f->c, &two[1], true);
+}
+
 /* ---- concurrency ------------------------------------------------------- */
 
 enum { CONC_THREADS = 4, CONC_EVENTS = 100, CONC_STEP = 50 };
@@ -1443,6 +1490,9 @@ int main(void)
       cmocka_unit_test_setup_teardown(
           full_queue_answers_resource_exhausted_and_drops_nothing,
           setup_small_gated, teardown),
+      cmocka_unit_test_setup_teardown(
+          calls_that_give_up_while_waiting_are_recorded_and_retry_as_dup,
+          setup_gated, teardown),
       cmocka_unit_test_setup_teardown(
           concurrent_clients_with_overlapping_ids_count_each_event_once, setup,
           teardown),
