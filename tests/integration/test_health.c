@@ -492,7 +492,18 @@ static void metrics_count_breakers_history_and_status_changes(void **state)
   cfg.health_interval_ms = 20;
   cfg.history_size = 50;
   fx_t *f = fx_start(&cfg);
-  Antifragility__V1__GetHealthMetricsResponse *m0 = get_metrics(f);
+  /* the first evaluation (UNKNOWN -> HEALTHY) happens on the first tick */
+  Antifragility__V1__GetHealthMetricsResponse *m0 = NULL;
+  int64_t first_deadline = af_tc_now_ms() + 5000;
+  for (;;) {
+    m0 = get_metrics(f);
+    if (m0->status_changes >= 1) {
+      break;
+    }
+    free_msg(m0);
+    assert_true(af_tc_now_ms() < first_deadline);
+  }
+  assert_int_equal(m0->status_changes, 1);
   assert_int_equal(m0->max_history_size, 50);
   assert_int_equal(m0->breakers_tracked, 0);
   assert_int_equal(m0->current_status, HS(HEALTHY));
