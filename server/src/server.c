@@ -641,11 +641,12 @@ bool af_stream_ended(const af_stream_t *st)
 }
 
 /* Under st->rpc.mu: true if done must run now (the caller runs it after
- * unlocking). */
+ * unlocking). Once the final status went out the send token is held
+ * forever but no fill can run any more, so done may run then too. */
 static bool take_done(struct af_stream *st)
 {
-  if (atomic_load(&st->rpc.closed) && !st->sending && st->producer_set &&
-      !st->ended) {
+  if (atomic_load(&st->rpc.closed) && (!st->sending || st->status_sent) &&
+      st->producer_set && !st->ended) {
     st->ended = true;
     return true;
   }
