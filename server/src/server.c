@@ -1614,16 +1614,25 @@ void af_server_shutdown(af_server_t *srv)
     return;
   struct timespec deadline;
   cond_deadline(&deadline, srv->shutdown_grace_ms);
+  /* Wait for the calls, not for the connections: gRPC publishes the
+   * shutdown tag only once every client connection is gone, and an idle
+   * client that keeps its channel open would otherwise hold us for the
+   * whole grace period. */
   pthread_mutex_lock(&srv->mu);
-  while (!drained_locked(srv)) {
+  while (srv->live > 0) {
     if (pthread_cond_timedwait(&srv->cv, &srv->mu, &deadline) == ETIMEDOUT)
       break;
   }
   bool drained = drained_locked(srv);
+  size_t held = srv->live;
   pthread_mutex_unlock(&srv->mu);
   if (!drained) {
-    af_log(AF_LOG_INFO, "shutdown grace of %u ms over: cancelling calls",
-           srv->shutdown_grace_ms);
+    if (held > 0)
+      af_log(AF_LOG_INFO,
+             "shutdown grace of %u ms over: cancelling %zu call(s)",
+             srv->shutdown_grace_ms, held);
+    /* Also disconnects idle connections, which lets the shutdown tag
+     * complete. */
     grpc_server_cancel_all_calls(srv->gs);
     unsigned waited = 0;
     pthread_mutex_lock(&srv->mu);
