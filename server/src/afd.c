@@ -112,6 +112,11 @@ fail:
 
 af_server_t *af_afd_server(af_afd_t *afd) { return afd ? afd->srv : NULL; }
 
+af_engine_t *af_afd_engine(af_afd_t *afd)
+{
+  return afd ? af_app_engine(afd->app) : NULL;
+}
+
 void af_afd_request_stop(af_afd_t *afd)
 {
   if (!afd)

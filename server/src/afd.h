@@ -9,6 +9,7 @@
 #ifndef AF_AFD_H
 #define AF_AFD_H
 
+#include "af/engine.h"
 #include "config.h"
 #include "server.h"
 
@@ -28,6 +29,11 @@ af_status_t af_afd_start(const af_config_t *cfg, af_afd_t **out, int *port,
 
 /* The server (e.g. to read stats in tests). Owned by afd. */
 af_server_t *af_afd_server(af_afd_t *afd);
+
+/* The app's engine (e.g. for integration tests that cause real breaker
+ * transitions without going through RPCs). Owned by afd, valid until
+ * af_afd_stop. NULL for NULL. */
+af_engine_t *af_afd_engine(af_afd_t *afd);
 
 /* Graceful stop in order: begin server shutdown (health NOT_SERVING,
  * streams end OK, stop accepting), app shutdown (flush metering), server

@@ -332,3 +332,8 @@ void af_app_destroy(af_app_t *app)
   af_hub_destroy(app->breaker_hub);
   af_free(app);
 }
+
+af_engine_t *af_app_engine(af_app_t *app)
+{
+  return app != NULL ? app->engine : NULL;
+}

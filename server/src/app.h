@@ -9,6 +9,7 @@
 #ifndef AF_APP_H
 #define AF_APP_H
 
+#include "af/engine.h"
 #include "af/status.h"
 #include "config.h"
 #include "server.h"
@@ -28,6 +29,10 @@ af_status_t af_app_start(af_app_t *app);
 /* After streams ended: flush metering, stop timers, answer pending RPCs. */
 void af_app_shutdown(af_app_t *app);
 void af_app_destroy(af_app_t *app);
+
+/* The engine, owned by the app, valid until af_app_destroy. NULL for NULL.
+ * Any thread. */
+af_engine_t *af_app_engine(af_app_t *app);
 
 #ifdef __cplusplus
 }
