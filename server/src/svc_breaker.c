@@ -1092,6 +1092,7 @@ static void watch_free(watch_t *w)
 static void watch_done(af_stream_t *st, void *user)
 {
   watch_t *w = user;
+  af_log(AF_LOG_DEBUG, "WatchBreakers stream ended");
   af_hub_remove(w->svc->app->breaker_hub, st); /* no event after this */
   watch_free(w);
 }
