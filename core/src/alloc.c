@@ -41,10 +41,7 @@ af_status_t af_alloc_replace(const af_allocator_t *alloc)
   return AF_OK;
 }
 
-void *af_malloc(size_t size)
-{
-  return current.malloc_fn(size, current.ctx);
-}
+void *af_malloc(size_t size) { return current.malloc_fn(size, current.ctx); }
 
 void *af_calloc(size_t nmemb, size_t size)
 {

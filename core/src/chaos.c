@@ -503,6 +503,14 @@ static af_status_t build_entry(af_chaos_t *c, const af_chaos_request_t *req,
       !terminated(req->hash, sizeof req->hash))
     return af_error_set(err, AF_EINVAL,
                         "actor, reason and hash must be NUL-terminated");
+  if (!terminated(req->error_type, sizeof req->error_type))
+    return af_error_set(err, AF_EINVAL, "error_type must be NUL-terminated");
+  if (!terminated(req->name, sizeof req->name) ||
+      (req->name[0] != '\0' && !af_name_valid(req->name)))
+    return af_error_set(err, AF_EINVAL,
+                        "name must be empty or a name of at most %d bytes "
+                        "without control characters",
+                        AF_NAME_MAX);
   /* The seed's checks, in its order. */
   if (!(req->error_rate >= 0.0 && req->error_rate <= 1.0))
     return af_error_set(err, AF_EINVAL,
@@ -552,6 +560,8 @@ static af_status_t build_entry(af_chaos_t *c, const af_chaos_request_t *req,
              (unsigned long long)req->delay_ms);
     break;
   }
+  if (req->name[0] != '\0')
+    copy_str(s->name, sizeof s->name, req->name);
   if (req->hash[0] != '\0' && strcmp(req->hash, cfg->hash) != 0) {
     /* The seed's message, hashes shortened as its sanitizer does. */
     char want[16], got[16];
@@ -613,6 +623,8 @@ static af_status_t build_entry(af_chaos_t *c, const af_chaos_request_t *req,
 
   s->active = true;
   copy_str(s->actor, sizeof s->actor, or_default(req->actor, "unknown"));
+  copy_str(s->reason, sizeof s->reason, req->reason);
+  copy_str(s->error_type, sizeof s->error_type, req->error_type);
   copy_str(s->hash, sizeof s->hash, cfg->hash);
   return AF_OK;
 }

@@ -29,10 +29,7 @@ static int64_t system_wall_ns(void *ctx)
 
 static const af_clock_t system_clock = {system_mono_ns, system_wall_ns, NULL};
 
-const af_clock_t *af_clock_system(void)
-{
-  return &system_clock;
-}
+const af_clock_t *af_clock_system(void) { return &system_clock; }
 
 uint64_t af_clock_mono_ns(const af_clock_t *clock)
 {
@@ -81,10 +78,7 @@ af_status_t af_manual_clock_create(af_manual_clock_t **out, uint64_t mono_ns,
   return AF_OK;
 }
 
-void af_manual_clock_destroy(af_manual_clock_t *mc)
-{
-  af_free(mc);
-}
+void af_manual_clock_destroy(af_manual_clock_t *mc) { af_free(mc); }
 
 const af_clock_t *af_manual_clock_clock(af_manual_clock_t *mc)
 {

@@ -521,7 +521,9 @@ static size_t flush_batches(af_meter_t *m, bool partial_ok, bool ignore_backoff,
   *failed = false;
   for (;;) {
     size_t n = atomic_load_explicit(&m->pending_n, memory_order_relaxed);
-    if (n < batch) {
+    /* While failures > 0, pending is a batch the sink refused: it is
+     * offered again as it was, never topped up with newer events. */
+    if (n == 0 || (n < batch && m->failures == 0)) {
       n += ring_pop(m, m->pending + n, batch - n);
       atomic_store_explicit(&m->pending_n, n, memory_order_relaxed);
     }

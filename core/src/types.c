@@ -23,7 +23,7 @@ const char *af_breaker_state_name(af_breaker_state_t s)
 }
 
 /* Validates UTF-8 (no overlongs, no surrogates, <= U+10FFFF) and rejects
- * C0 controls and DEL. */
+ * control characters: C0, DEL and C1 (U+0080..U+009F). */
 bool af_name_valid(const char *name)
 {
   if (name == NULL || name[0] == '\0')
@@ -59,7 +59,7 @@ bool af_name_valid(const char *name)
     }
     if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
         (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff))
+        (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
       return false;
     len += n;
   }

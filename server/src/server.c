@@ -641,11 +641,12 @@ bool af_stream_ended(const af_stream_t *st)
 }
 
 /* Under st->rpc.mu: true if done must run now (the caller runs it after
- * unlocking). */
+ * unlocking). Once the final status went out the send token is held
+ * forever but no fill can run any more, so done may run then too. */
 static bool take_done(struct af_stream *st)
 {
-  if (atomic_load(&st->rpc.closed) && !st->sending && st->producer_set &&
-      !st->ended) {
+  if (atomic_load(&st->rpc.closed) && (!st->sending || st->status_sent) &&
+      st->producer_set && !st->ended) {
     st->ended = true;
     return true;
   }
@@ -1613,16 +1614,25 @@ void af_server_shutdown(af_server_t *srv)
     return;
   struct timespec deadline;
   cond_deadline(&deadline, srv->shutdown_grace_ms);
+  /* Wait for the calls, not for the connections: gRPC publishes the
+   * shutdown tag only once every client connection is gone, and an idle
+   * client that keeps its channel open would otherwise hold us for the
+   * whole grace period. */
   pthread_mutex_lock(&srv->mu);
-  while (!drained_locked(srv)) {
+  while (srv->live > 0) {
     if (pthread_cond_timedwait(&srv->cv, &srv->mu, &deadline) == ETIMEDOUT)
       break;
   }
   bool drained = drained_locked(srv);
+  size_t held = srv->live;
   pthread_mutex_unlock(&srv->mu);
   if (!drained) {
-    af_log(AF_LOG_INFO, "shutdown grace of %u ms over: cancelling calls",
-           srv->shutdown_grace_ms);
+    if (held > 0)
+      af_log(AF_LOG_INFO,
+             "shutdown grace of %u ms over: cancelling %zu call(s)",
+             srv->shutdown_grace_ms, held);
+    /* Also disconnects idle connections, which lets the shutdown tag
+     * complete. */
     grpc_server_cancel_all_calls(srv->gs);
     unsigned waited = 0;
     pthread_mutex_lock(&srv->mu);

@@ -26,7 +26,8 @@
  *   - names: latency_<target>_<delay>ms, errors_<target>_<rate>,
  *     circuit_open_<target>, resource_<type>_<level> (rate and level printed
  *     like Python's repr(float): 0.5, 1.0, 1e-05), plus our own
- *     partition_<target> and timeout_<target>_<delay>ms;
+ *     partition_<target> and timeout_<target>_<delay>ms, unless the
+ *     request names the scenario itself (af_chaos_request_t.name);
  *   - activating a name that is already active replaces that scenario (one
  *     REPLACED event for the old one, one ACTIVATED for the new one);
  *   - a scenario affects every target in its blast radius (default
@@ -83,7 +84,7 @@ const char *af_resource_type_name(af_resource_type_t t);
 
 #define AF_CHAOS_BLAST_MAX 32
 #define AF_CHAOS_PROTECTED_MAX 32
-#define AF_CHAOS_REASON_MAX 255
+#define AF_CHAOS_REASON_MAX 256
 #define AF_CHAOS_SCENARIO_NAME_MAX (AF_NAME_MAX * 2)
 
 /* One activation request. Plain data, caller-owned. All strings must be
@@ -101,6 +102,10 @@ typedef struct {
   char actor[AF_NAME_MAX + 1]; /* who; "" = "unknown" */
   char reason[AF_CHAOS_REASON_MAX + 1]; /* why; may be "" */
   char hash[AF_HASH_MAX + 1];           /* "" = not presented */
+  /* Scenario name; "" = generated as described above. */
+  char name[AF_NAME_MAX + 1];
+  /* ERROR: what the caller should raise; carried, never interpreted. */
+  char error_type[AF_NAME_MAX + 1];
 } af_chaos_request_t;
 
 /* Zeroes *r and sets kind and target (borrowed, copied, truncated to
@@ -127,7 +132,9 @@ typedef struct {
   bool active;         /* true while stored; false in events of removal */
   uint64_t injections; /* hot-path hits (latency / error / partition) */
   char actor[AF_NAME_MAX + 1];
-  char hash[AF_HASH_MAX + 1]; /* the configured constitutional hash */
+  char reason[AF_CHAOS_REASON_MAX + 1]; /* the activation's reason */
+  char error_type[AF_NAME_MAX + 1];     /* as requested; may be "" */
+  char hash[AF_HASH_MAX + 1];           /* the configured constitutional hash */
 } af_chaos_scenario_t;
 
 typedef enum {

@@ -414,6 +414,32 @@ static void kind_and_target_are_validated(void **state)
 
 /* ---- names, durations, delay ------------------------------------------ */
 
+static void custom_name_error_type_and_reason_are_carried(void **state)
+{
+  fx_t *f = *state;
+  af_error_t err;
+  af_chaos_scenario_t s;
+  af_chaos_request_t r;
+  af_chaos_request_init(&r, AF_CHAOS_ERROR, "api");
+  r.error_rate = 0.5;
+  snprintf(r.name, sizeof r.name, "%s", "my-drill");
+  snprintf(r.error_type, sizeof r.error_type, "%s", "TimeoutError");
+  snprintf(r.reason, sizeof r.reason, "%s", "game day");
+  assert_int_equal(activate(f, &r, &s, &err), AF_OK);
+  assert_string_equal(s.name, "my-drill");
+  assert_string_equal(s.error_type, "TimeoutError");
+  assert_string_equal(s.reason, "game day");
+  assert_int_equal(af_chaos_get(f->c, "my-drill", &s), AF_OK);
+  assert_string_equal(s.reason, "game day");
+
+  snprintf(r.name, sizeof r.name, "%s", "bad\nname");
+  assert_int_equal(activate(f, &r, NULL, &err), AF_EINVAL);
+  assert_string_equal(err.message,
+                      "name must be empty or a name of at most 128 bytes "
+                      "without control characters");
+  assert_int_equal(active_count(f), 1);
+}
+
 static void scenario_names_follow_seed_formats(void **state)
 {
   fx_t *f = *state;
@@ -1289,6 +1315,7 @@ int main(void)
       T(resource_type_required_for_resource_exhaustion),
       T(kind_and_target_are_validated),
       T(scenario_names_follow_seed_formats),
+      T(custom_name_error_type_and_reason_are_carried),
       T(duration_defaults_to_10s_and_is_clamped_to_300s),
       T(delay_clamped_to_5000ms_and_name_keeps_requested_value),
       T(blast_radius_defaults_to_target_and_must_contain_it),

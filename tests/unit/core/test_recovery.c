@@ -20,7 +20,7 @@
 
 #define T0_MONO (UINT64_C(1000) * AF_NS_PER_SEC)
 #define T0_WALL (INT64_C(1700000000) * (int64_t)AF_NS_PER_SEC)
-#define MS(x) ((uint64_t)(x) * AF_NS_PER_MS)
+#define MS(x) ((uint64_t)(x)*AF_NS_PER_MS)
 #define MAXREC 64
 
 typedef struct {
@@ -335,9 +335,8 @@ static void names_cover_every_value(void **state)
   assert_string_equal(af_recovery_strategy_name(AF_RECOVERY_MANUAL), "MANUAL");
   assert_string_equal(af_recovery_strategy_name((af_recovery_strategy_t)0),
                       "UNKNOWN");
-  const char *states[] = {"IDLE",      "SCHEDULED", "IN_PROGRESS",
-                          "SUCCEEDED", "FAILED",    "CANCELLED",
-                          "AWAITING_MANUAL"};
+  const char *states[] = {"IDLE",   "SCHEDULED", "IN_PROGRESS",    "SUCCEEDED",
+                          "FAILED", "CANCELLED", "AWAITING_MANUAL"};
   for (int i = 0; i < 7; i++)
     assert_string_equal(af_recovery_state_name((af_recovery_state_t)i),
                         states[i]);
@@ -618,9 +617,9 @@ static void stale_completion_is_ignored(void **state)
                    AF_ESTATE);
   assert_int_equal(af_recovery_complete_attempt(fx->r, t.id, 0, false, NULL),
                    AF_ESTATE);
-  assert_int_equal(af_recovery_complete_attempt(fx->r, t.id + 100, 1, true,
-                                                NULL),
-                   AF_ENOTFOUND);
+  assert_int_equal(
+      af_recovery_complete_attempt(fx->r, t.id + 100, 1, true, NULL),
+      AF_ENOTFOUND);
   assert_int_equal(get(fx, "s").state, AF_RECOVERY_IN_PROGRESS);
 
   assert_int_equal(af_recovery_cancel(fx->r, "s"), AF_OK);
@@ -992,8 +991,8 @@ static void decorrelated_jitter_stays_between_initial_and_cap(void **state)
   for (uint32_t a = 1; a < 40; a++) {
     af_manual_clock_advance_ns(fx->mc, wait);
     af_recovery_tick(fx->r);
-    assert_int_equal(
-        af_recovery_complete_attempt(fx->r, t.id, a, false, NULL), AF_OK);
+    assert_int_equal(af_recovery_complete_attempt(fx->r, t.id, a, false, NULL),
+                     AF_OK);
     uint64_t next = get(fx, "d").due_mono_ns - now_mono(fx);
     assert_true(next >= MS(1000));
     assert_true(next <= MS(5000));
@@ -1219,8 +1218,8 @@ static void *schedule_worker(void *arg)
   for (int i = 0; i < PER_THREAD; i++) {
     char name[32];
     snprintf(name, sizeof(name), "t%d-s%d", w->index, i);
-    af_status_t st = af_recovery_schedule(w->fx->r, name, i % 7, &p, NULL,
-                                          NULL, NULL);
+    af_status_t st =
+        af_recovery_schedule(w->fx->r, name, i % 7, &p, NULL, NULL, NULL);
     if (st != AF_OK)
       return (void *)1;
   }
@@ -1355,8 +1354,8 @@ int main(void)
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(cancel_stops_task_and_records_result,
                                       setup, teardown),
-      cmocka_unit_test_setup_teardown(execute_runs_scheduled_attempt_now,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(execute_runs_scheduled_attempt_now, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(lower_priority_value_runs_first, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(priority_ties_break_by_due_time, setup,
@@ -1367,16 +1366,16 @@ int main(void)
           scheduling_active_service_updates_task_in_place, setup, teardown),
       cmocka_unit_test_setup_teardown(schedule_validates_input, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(
-          policies_per_service_override_the_default, setup, teardown),
+      cmocka_unit_test_setup_teardown(policies_per_service_override_the_default,
+                                      setup, teardown),
       cmocka_unit_test(policy_count_is_limited_by_max_tasks),
       cmocka_unit_test(full_jitter_stays_in_bounds_and_repeats_for_same_seed),
       cmocka_unit_test_setup_teardown(
           decorrelated_jitter_stays_between_initial_and_cap, setup, teardown),
       cmocka_unit_test(retry_budget_defers_attempts_instead_of_dropping),
       cmocka_unit_test(history_keeps_only_newest_results),
-      cmocka_unit_test_setup_teardown(empty_history_and_list_return_null,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(empty_history_and_list_return_null, setup,
+                                      teardown),
       cmocka_unit_test(task_limit_refuses_then_evicts_oldest_final),
       cmocka_unit_test_setup_teardown(
           set_breaker_failure_is_noted_and_attempt_continues, setup, teardown),
@@ -1386,8 +1385,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(
           probe_may_complete_from_inside_start_probe, setup, teardown),
       cmocka_unit_test(concurrent_schedulers_and_ticker_count_every_task),
-      cmocka_unit_test_setup_teardown(
-          concurrent_completions_apply_exactly_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(concurrent_completions_apply_exactly_once,
+                                      setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
