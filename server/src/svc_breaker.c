@@ -246,6 +246,7 @@ pb_info_build(pb_info_t *p, const af_svc_breaker_t *svc, af_breaker_info_t *ci)
   p->msg.success_counter = ci->success_count;
   p->msg.rejected_count = ci->rejected_count;
   p->msg.consecutive_failures = ci->consecutive_failures;
+  p->msg.consecutive_successes = ci->consecutive_successes;
 
   const af_breaker_config_t *c = &ci->config;
   google__protobuf__uint32_value__init(&p->fail_max);
