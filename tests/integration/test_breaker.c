@@ -371,8 +371,49 @@ static void report_outcome_opens_after_fail_max_failures(void **state)
   assert_string_equal(b->constitutional_hash, "cdd01ef066bc6cf2");
   freem(g);
 
-  /* a success keeps counting but does not close an OPEN breaker */
-  r = outcome(f, "t-open", true, NULL, NULL);
+  /* a success keeps counting but does not close an OPEN breaker; an
+   * instance that reports again becomes the most recent */
+  r = outcome(f, "t-open", true, NULL, "inst-1");
+  assert_int_equal(r->state, ST(OPEN));
+  freem(r);
+  g = get(f, "t-open");
+  assert_int_equal(g->breaker->n_instance_ids, 2);
+  assert_string_equal(g->breaker->instance_ids[0], "inst-1");
+  assert_string_equal(g->breaker->instance_ids[1], "inst-2");
+  freem(g);
+}
+
+static void half_open_counts_successes_until_success_threshold(void **state)
+{
+  fixture_t *f = *state;
+  Antifragility__V1__BreakerConfig cfg;
+  Google__Protobuf__UInt32Value fm, thr;
+  Antifragility__V1__RegisterBreakerRequest req =
+      ANTIFRAGILITY__V1__REGISTER_BREAKER_REQUEST__INIT;
+  req.name = "t-half";
+  req.config = cfg_fail_max(&cfg, &fm, 1);
+  google__protobuf__uint32_value__init(&thr);
+  thr.value = 2;
+  cfg.success_threshold = &thr;
+  freem(call_ok(f, M("RegisterBreaker"), &req.base,
+                &antifragility__v1__register_breaker_response__descriptor));
+  engine_set(f, "t-half", AF_BREAKER_HALF_OPEN);
+  Antifragility__V1__ReportOutcomeResponse *r =
+      outcome(f, "t-half", true, NULL, NULL);
+  assert_int_equal(r->state, ST(HALF_OPEN));
+  freem(r);
+  Antifragility__V1__GetBreakerResponse *g = get(f, "t-half");
+  assert_int_equal(g->breaker->consecutive_successes, 1);
+  assert_null(g->breaker->next_half_open_at);
+  freem(g);
+  r = outcome(f, "t-half", true, NULL, NULL);
+  assert_int_equal(r->state, ST(CLOSED));
+  assert_int_equal(r->previous_state, ST(HALF_OPEN));
+  assert_true(r->transitioned);
+  freem(r);
+  /* one failure in HALF_OPEN reopens */
+  engine_set(f, "t-half", AF_BREAKER_HALF_OPEN);
+  r = outcome(f, "t-half", false, "timeout", NULL);
   assert_int_equal(r->state, ST(OPEN));
   freem(r);
 }
@@ -982,6 +1023,46 @@ static void watch_coalesces_for_a_slow_reader_and_keeps_the_latest(void **state)
   af_tc_stream_close(s);
 }
 
+static void watch_sends_heartbeats_when_idle(void **state)
+{
+  (void)state;
+  af_config_t cfg;
+  af_ts_config_defaults(&cfg);
+  cfg.heartbeat_ms = 100;
+  af_test_server_t *ts = af_ts_start(&cfg);
+  fixture_t f = {.ts = ts, .c = af_tc_connect(af_ts_port(ts))};
+  af_tc_stream_t *s = watch(&f, NULL, 0);
+  Antifragility__V1__WatchBreakersResponse *m = next_msg(s, TIMEOUT);
+  assert_true(m->snapshot_complete);
+  freem(m);
+  m = next_msg(s, 2000);
+  assert_true(m->heartbeat);
+  assert_int_equal(m->sequence, 2);
+  assert_int_equal(m->kind, KIND(UNSPECIFIED));
+  assert_null(m->breaker);
+  freem(m);
+  /* a real event still comes through between heartbeats */
+  freem(reg(&f, "t-hb", 1));
+  m = next_event(s, TIMEOUT);
+  assert_int_equal(m->kind, KIND(REGISTERED));
+  freem(m);
+  af_tc_stream_close(s);
+  af_tc_close(f.c);
+  af_ts_stop(ts);
+}
+
+static void watch_ends_with_ok_when_the_server_stops(void **state)
+{
+  fixture_t *f = *state;
+  af_tc_stream_t *s = watch(f, NULL, 0);
+  freem(next_msg(s, TIMEOUT));
+  af_ts_stop(f->ts);
+  f->ts = NULL;
+  af_tc_status_t st;
+  assert_int_equal(af_tc_stream_status(s, TIMEOUT, &st), GRPC_STATUS_OK);
+  af_tc_stream_close(s);
+}
+
 static void watch_cancel_reaps_the_stream(void **state)
 {
   fixture_t *f = *state;
@@ -1024,6 +1105,7 @@ int main(void)
       T(register_creates_once_and_update_config_replaces),
       T(register_refuses_bad_names_and_config_values),
       T(report_outcome_opens_after_fail_max_failures),
+      T(half_open_counts_successes_until_success_threshold),
       T(report_outcome_excluded_error_counts_as_success),
       T(report_outcome_refuses_unknown_and_invalid_input),
       T(report_outcomes_stream_returns_one_summary),
@@ -1037,6 +1119,8 @@ int main(void)
       T(watch_delivers_every_change_within_milliseconds),
       T(watch_coalesces_for_a_slow_reader_and_keeps_the_latest),
       T(watch_cancel_reaps_the_stream),
+      cmocka_unit_test(watch_sends_heartbeats_when_idle),
+      T(watch_ends_with_ok_when_the_server_stops),
   };
 #undef T
   return cmocka_run_group_tests_name("integration_breaker", tests, NULL, NULL);
