@@ -1023,6 +1023,69 @@ static void watch_coalesces_for_a_slow_reader_and_keeps_the_latest(void **state)
   af_tc_stream_close(s);
 }
 
+/* Many distinct breakers change while the client reads nothing: whether
+ * the per-stream pending set held them or overflowed into a fresh
+ * snapshot, the client ends up with the latest state of every one. */
+static void watch_never_loses_the_latest_state_of_any_breaker(void **state)
+{
+  fixture_t *f = *state;
+  enum { NB = 1500 };
+  af_breaker_registry_t *reg = af_engine_breakers(af_ts_engine(f->ts));
+  char name[32];
+  for (int i = 0; i < NB; i++) {
+    snprintf(name, sizeof(name), "t-ov-%04d", i);
+    assert_int_equal(
+        af_breaker_registry_get_or_create(reg, name, NULL, NULL, NULL, NULL),
+        AF_OK);
+  }
+  af_tc_stream_t *s = watch(f, NULL, 0);
+  for (int i = 0; i < NB; i++) {
+    Antifragility__V1__WatchBreakersResponse *m = next_msg(s, TIMEOUT);
+    assert_int_equal(m->kind, KIND(SNAPSHOT));
+    assert_int_equal(m->snapshot_complete, i == NB - 1);
+    freem(m);
+  }
+  for (int round = 0; round < 3; round++)
+    for (int i = 0; i < NB; i++) {
+      snprintf(name, sizeof(name), "t-ov-%04d", i);
+      engine_set(f, name, round % 2 == 0 ? AF_BREAKER_OPEN : AF_BREAKER_CLOSED);
+    }
+  /* final: even breakers HALF_OPEN, odd ones OPEN */
+  for (int i = 0; i < NB; i += 2) {
+    snprintf(name, sizeof(name), "t-ov-%04d", i);
+    engine_set(f, name, AF_BREAKER_HALF_OPEN);
+  }
+  static Antifragility__V1__BreakerState last[NB];
+  memset(last, 0, sizeof(last));
+  size_t msgs = 0, snapshots = 0;
+  uint64_t seq = NB;
+  for (;;) {
+    ProtobufCMessage *pm = NULL;
+    int r = af_tc_stream_next(s, 500, &pm);
+    if (r == 0)
+      break;
+    assert_int_equal(r, 1);
+    Antifragility__V1__WatchBreakersResponse *m = (void *)pm;
+    assert_int_equal(m->sequence, seq + 1);
+    seq = m->sequence;
+    if (m->kind == KIND(SNAPSHOT))
+      snapshots++;
+    if (m->breaker != NULL) {
+      int idx = atoi(m->breaker->name + strlen("t-ov-"));
+      assert_true(idx >= 0 && idx < NB);
+      last[idx] = m->breaker->state;
+      msgs++;
+    }
+    freem(m);
+  }
+  printf("WatchBreakers %d breakers x 3.5 changes unread: %zu messages "
+         "(%zu of them a fresh snapshot)\n",
+         NB, msgs, snapshots);
+  for (int i = 0; i < NB; i++)
+    assert_int_equal(last[i], i % 2 == 0 ? ST(HALF_OPEN) : ST(OPEN));
+  af_tc_stream_close(s);
+}
+
 static void watch_sends_heartbeats_when_idle(void **state)
 {
   (void)state;
@@ -1118,6 +1181,7 @@ int main(void)
       T(watch_starts_with_one_snapshot_per_breaker),
       T(watch_delivers_every_change_within_milliseconds),
       T(watch_coalesces_for_a_slow_reader_and_keeps_the_latest),
+      T(watch_never_loses_the_latest_state_of_any_breaker),
       T(watch_cancel_reaps_the_stream),
       cmocka_unit_test(watch_sends_heartbeats_when_idle),
       T(watch_ends_with_ok_when_the_server_stops),
