@@ -1124,8 +1124,16 @@ void af_breaker_record_failure(af_breaker_t *b, const char *error_type)
 static void add_instance_locked(af_breaker_t *b, const char *id)
 {
   for (size_t i = 0; i < b->instance_count; i++)
-    if (strcmp(b->instances[i], id) == 0)
+    if (strcmp(b->instances[i], id) == 0) {
+      /* seen again: it becomes the most recent (last) */
+      size_t last = b->instance_count - 1;
+      if (i != last) {
+        memmove(b->instances[i], b->instances[i + 1],
+                (last - i) * sizeof(*b->instances));
+        strcpy(b->instances[last], id);
+      }
       return;
+    }
   if (b->instances == NULL) {
     b->instances = af_calloc(AF_BREAKER_INSTANCES_MAX, sizeof(*b->instances));
     if (b->instances == NULL)
@@ -1275,6 +1283,8 @@ void af_breaker_info(af_breaker_t *b, af_breaker_info_t *out)
   out->rejected_count = atomic_load(&b->rejected_count);
   out->transition_count = atomic_load(&b->transition_count);
   out->consecutive_failures = atomic_load(&b->consecutive);
+  out->consecutive_successes =
+      load_state(b) == AF_BREAKER_HALF_OPEN ? b->half_open_successes : 0;
   out->registered_wall_ns = b->registered_wall_ns;
   out->last_transition_wall_ns = b->last_transition_wall_ns;
   out->last_report_wall_ns = atomic_load(&b->last_report_wall_ns);

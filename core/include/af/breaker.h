@@ -226,8 +226,8 @@ void af_breaker_record_failure(af_breaker_t *b, const char *error_type);
 /* An outcome reported by a remote instance: like record_success /
  * record_failure, plus the report time and instance_id (borrowed, may be
  * NULL; invalid ids are ignored; the AF_BREAKER_INSTANCES_MAX most recent
- * distinct ids are kept). Returns the state after the outcome
- * (AF_BREAKER_CLOSED for NULL b). */
+ * distinct ids are kept, oldest first: an id reported again moves last).
+ * Returns the state after the outcome (AF_BREAKER_CLOSED for NULL b). */
 af_breaker_state_t af_breaker_report_outcome(af_breaker_t *b, bool success,
                                              const char *error_type,
                                              const char *instance_id);
@@ -273,6 +273,7 @@ typedef struct {
    * registration) */
   uint64_t fail_count, success_count, rejected_count, transition_count;
   uint32_t consecutive_failures;
+  uint32_t consecutive_successes; /* HALF_OPEN successes so far; else 0 */
   int64_t registered_wall_ns, last_transition_wall_ns, last_report_wall_ns;
   uint64_t last_report_mono_ns, opened_mono_ns; /* 0 = never */
   uint64_t next_half_open_mono_ns; /* when OPEN: when it moves; else 0 */
