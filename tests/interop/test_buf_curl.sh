@@ -52,7 +52,7 @@ out=$(curl_ -d '{"name":"buf-breaker"}' "$url/antifragility.v1.BreakerService/Re
 check "unary RegisterBreaker" 'buf-breaker' "$out"
 # A server stream: the first message is the current state; a short deadline
 # ends the stream after it (buf exits non-zero on DEADLINE_EXCEEDED).
-out=$(curl_ --connect-timeout 5 --timeout 1 -d '{}' "$url/antifragility.v1.HealthService/WatchHealth" 2>&1 || true)
+out=$(curl_ --connect-timeout 5 --timeout 1s -d '{}' "$url/antifragility.v1.HealthService/WatchHealth" 2>&1 || true)
 check "server stream WatchHealth first message" '"sequence"' "$out"
 out=$(curl_ -d '{"name":"nope"}' "$url/antifragility.v1.BreakerService/GetBreaker" 2>&1 || true)
 check "error status via buf" 'not_found' "$out"
