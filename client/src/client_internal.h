@@ -35,6 +35,12 @@ void af__transport_destroy(af__transport_t *t);
 int af__call(af__transport_t *t, af_rpc_id_t rpc, const void *reqs, size_t n,
              void *resp, uint32_t deadline_ms, af_call_status_t *st);
 
+/* The same, sending reqs[i] repeat[i] times (repeat NULL = once each):
+ * one encoding per distinct message. */
+int af__call_repeated(af__transport_t *t, af_rpc_id_t rpc, const void *reqs,
+                      const size_t *repeat, size_t n, void *resp,
+                      uint32_t deadline_ms, af_call_status_t *st);
+
 /* Server stream (deadline_ms 0 = none). Never NULL unless out of memory. */
 af_client_stream_t *af__stream_open(af__transport_t *t, af_rpc_id_t rpc,
                                     const void *req, uint32_t deadline_ms);

@@ -8,14 +8,18 @@
  * mirrored chaos scenarios; nothing else, no network, no allocation.
  *
  * Reporter: a round compares each guard's state and counters with what the
- * server was last told and sends ReportState (auto_register with the
- * guard's settings) for each that changed: the server sees transitions and
- * outcome counts, coalesced per round. A transition wakes the reporter at
- * once (registry listener); otherwise it runs every report_interval_ms.
- * When a call fails the round stops, the next one runs after a jittered
- * backoff, and every guard is re-reported once the server answers again
- * (it may be a fresh server that lost its breakers). Every 30th round
- * re-reports everything anyway, for a restart that no call noticed.
+ * server was last told. The new outcomes of every guard go on one
+ * ReportOutcomes stream (failures and successes as two messages each sent
+ * N times, failures last unless the guard is CLOSED, so the server's own
+ * state machine ends where ours is; at most OUTCOMES_PER_ROUND of each per
+ * guard and round); then each changed guard's state goes in a ReportState,
+ * which corrects the server's state if the aggregated outcomes led it
+ * elsewhere. Both auto-register the breaker with the guard's settings. A
+ * transition wakes the reporter at once (registry listener); otherwise it runs
+ * every report_interval_ms. When a call fails the round stops, the next one
+ * runs after a jittered backoff, and every guard is re-reported once the server
+ * answers again (it may be a fresh server that lost its breakers). Every 30th
+ * round re-reports everything anyway, for a restart that no call noticed.
  *
  * Guards live in a fixed array under guards_mu and are never freed before
  * af_client_destroy, so the reporter can walk a snapshot of pointers with
@@ -34,6 +38,9 @@
 #include "af/alloc.h"
 
 #define FULL_RESYNC_ROUNDS 30
+/* Most outcomes of one kind sent per guard per round (the rest follow in
+ * later rounds). */
+#define OUTCOMES_PER_ROUND 10000
 
 static void on_breaker_event(const af_breaker_event_t *ev, void *ctx)
 {
@@ -235,8 +242,9 @@ static void config_to_pb(const af_breaker_config_t *in,
   out->success_threshold.value = in->success_threshold;
 }
 
-/* Sends one guard's report. Returns the gRPC code. */
-static int report_one(af_client_t *c, af_guard_t *g, const af_breaker_info_t *i)
+/* Sends one guard's state. Returns the gRPC code. */
+static int report_state(af_client_t *c, af_guard_t *g,
+                        const af_breaker_info_t *i)
 {
   antifragility_v1_ReportStateRequest req =
       antifragility_v1_ReportStateRequest_init_zero;
@@ -273,49 +281,133 @@ static bool transport_failure(int code)
          code == GRPC_STATUS_INTERNAL || code == GRPC_STATUS_RESOURCE_EXHAUSTED;
 }
 
+/* Growth of a counter since it was reported (a reset restarts it). */
+static uint64_t delta(uint64_t now, uint64_t reported)
+{
+  return now >= reported ? now - reported : now;
+}
+
+typedef struct {
+  af_guard_t *g;
+  af_breaker_info_t info;
+  uint64_t fails, successes; /* outcomes to send this round */
+} dirty_t;
+
 /* One round; returns false if the server could not be reached. */
 static bool round_run(af_client_t *c)
 {
-  af_guard_t *snap[AF__GUARDS_MAX];
   pthread_mutex_lock(&c->guards_mu);
   size_t n = c->guard_count;
-  memcpy(snap, c->guards, n * sizeof snap[0]);
+  af_guard_t **snap = af_malloc((n > 0 ? n : 1) * sizeof *snap);
+  if (snap != NULL) {
+    memcpy(snap, c->guards, n * sizeof snap[0]);
+  }
   pthread_mutex_unlock(&c->guards_mu);
+  dirty_t *dirty = af_malloc((n > 0 ? n : 1) * sizeof *dirty);
+  antifragility_v1_ReportOutcomeRequest *outs =
+      af_malloc((n > 0 ? 2 * n : 1) * sizeof *outs);
+  size_t *repeat = af_malloc((n > 0 ? 2 * n : 1) * sizeof *repeat);
+  bool ok = true;
+  if (snap == NULL || dirty == NULL || outs == NULL || repeat == NULL) {
+    ok = false;
+    goto out;
+  }
 
   uint64_t round = atomic_fetch_add(&c->rounds, 1) + 1;
   bool all =
       atomic_exchange(&c->resync_all, false) || round % FULL_RESYNC_ROUNDS == 0;
   af_breaker_registry_tick(c->registry);
+  size_t nd = 0, no = 0;
   for (size_t k = 0; k < n; k++) {
-    af_guard_t *g = snap[k];
-    af_breaker_info_t info;
-    af_breaker_info(g->breaker, &info);
-    if (info.state == AF_BREAKER_FORCED_OPEN ||
-        info.state == AF_BREAKER_DISABLED) {
+    dirty_t *d = &dirty[nd];
+    d->g = snap[k];
+    af_breaker_info(d->g->breaker, &d->info);
+    if (d->info.state == AF_BREAKER_FORCED_OPEN ||
+        d->info.state == AF_BREAKER_DISABLED) {
       continue; /* never set locally; ReportState refuses them */
     }
-    if (!all && g->reported && g->reported_state == info.state &&
-        g->reported_fail == info.fail_count &&
-        g->reported_success == info.success_count) {
+    d->fails = delta(d->info.fail_count, d->g->reported_fail);
+    d->successes = delta(d->info.success_count, d->g->reported_success);
+    if (d->fails > OUTCOMES_PER_ROUND) {
+      d->fails = OUTCOMES_PER_ROUND;
+    }
+    if (d->successes > OUTCOMES_PER_ROUND) {
+      d->successes = OUTCOMES_PER_ROUND;
+    }
+    if (!all && d->g->reported && d->g->reported_state == d->info.state &&
+        d->fails == 0 && d->successes == 0) {
       continue;
     }
-    int code = report_one(c, g, &info);
+    /* Outcomes in the order that leaves the server's own state machine
+     * where ours is: failures last when we are not CLOSED. */
+    antifragility_v1_ReportOutcomeRequest o =
+        antifragility_v1_ReportOutcomeRequest_init_zero;
+    snprintf(o.breaker_name, sizeof o.breaker_name, "%s", d->g->name);
+    memcpy(o.instance_id, c->instance_id, sizeof o.instance_id - 1);
+    o.auto_register = true;
+    o.has_config = true;
+    config_to_pb(&d->g->config, &o.config);
+    bool fail_first = d->info.state == AF_BREAKER_CLOSED;
+    for (int pass = 0; pass < 2; pass++) {
+      bool failures = (pass == 0) == fail_first;
+      uint64_t count = failures ? d->fails : d->successes;
+      if (count > 0) {
+        outs[no] = o;
+        outs[no].success = !failures;
+        repeat[no] = (size_t)count;
+        no++;
+      }
+    }
+    nd++;
+  }
+  if (no > 0) {
+    antifragility_v1_ReportOutcomesResponse sum;
+    memset(&sum, 0, sizeof sum);
+    af_call_status_t st;
+    int code = af__call_repeated(&c->transport, AF_RPC_REPORT_OUTCOMES, outs,
+                                 repeat, no, &sum, c->cfg.deadline_ms, &st);
+    if (code != GRPC_STATUS_OK) {
+      atomic_fetch_add(&c->reports_failed, 1);
+      atomic_store(&c->resync_all, true);
+      ok = false;
+      goto out;
+    }
+    atomic_fetch_add(&c->reports_sent, 1);
+    for (size_t k = 0; k < nd; k++) {
+      dirty[k].g->reported_fail += dirty[k].fails;
+      dirty[k].g->reported_success += dirty[k].successes;
+      if (dirty[k].g->reported_fail > dirty[k].info.fail_count ||
+          dirty[k].g->reported_success > dirty[k].info.success_count) {
+        /* counters were reset locally: restart from the current totals */
+        dirty[k].g->reported_fail = dirty[k].info.fail_count;
+        dirty[k].g->reported_success = dirty[k].info.success_count;
+      }
+    }
+  }
+  /* Then the state itself: it corrects whatever the outcomes did. */
+  for (size_t k = 0; k < nd; k++) {
+    af_guard_t *g = dirty[k].g;
+    int code = report_state(c, g, &dirty[k].info);
     if (code == GRPC_STATUS_OK || !transport_failure(code)) {
       /* Refusals (e.g. FAILED_PRECONDITION: forced on the server) are
        * final for this state: do not hammer the server with them. */
       g->reported = true;
-      g->reported_state = info.state;
-      g->reported_fail = info.fail_count;
-      g->reported_success = info.success_count;
+      g->reported_state = dirty[k].info.state;
       atomic_fetch_add(
           code == GRPC_STATUS_OK ? &c->reports_sent : &c->reports_failed, 1);
       continue;
     }
     atomic_fetch_add(&c->reports_failed, 1);
     atomic_store(&c->resync_all, true);
-    return false;
+    ok = false;
+    break;
   }
-  return true;
+out:
+  af_free(snap);
+  af_free(dirty);
+  af_free(outs);
+  af_free(repeat);
+  return ok;
 }
 
 void af__report_round(af_client_t *c) { round_run(c); }

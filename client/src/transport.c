@@ -190,25 +190,54 @@ static void cq_destroy(grpc_completion_queue *cq)
   grpc_completion_queue_destroy(cq);
 }
 
+/* Encodes msg into a new slice (owned) of the exact size. */
+static bool encode_slice(const pb_msgdesc_t *fields, const void *msg,
+                         grpc_slice *out, af_call_status_t *st)
+{
+  size_t n = 0;
+  if (!pb_get_encoded_size(&n, fields, msg)) {
+    af__set_status(st, GRPC_STATUS_INTERNAL, "cannot encode request");
+    return false;
+  }
+  grpc_slice s = grpc_slice_malloc(n);
+  pb_ostream_t os = pb_ostream_from_buffer(GRPC_SLICE_START_PTR(s), n);
+  if (!pb_encode(&os, fields, msg)) {
+    grpc_slice_unref(s);
+    af__set_status(st, GRPC_STATUS_INTERNAL, "cannot encode request: %s",
+                   PB_GET_ERROR(&os));
+    return false;
+  }
+  *out = s;
+  return true;
+}
+
 int af__call(af__transport_t *t, af_rpc_id_t rpc, const void *reqs, size_t n,
              void *resp, uint32_t deadline_ms, af_call_status_t *st_out)
+{
+  return af__call_repeated(t, rpc, reqs, NULL, n, resp, deadline_ms, st_out);
+}
+
+int af__call_repeated(af__transport_t *t, af_rpc_id_t rpc, const void *reqs,
+                      const size_t *repeat, size_t n, void *resp,
+                      uint32_t deadline_ms, af_call_status_t *st_out)
 {
   af_call_status_t st;
   memset(&st, 0, sizeof st);
   const af_rpc_info_t *info = af_rpc_info(rpc);
-  grpc_byte_buffer **bbs = af_calloc(n > 0 ? n : 1, sizeof *bbs);
-  if (bbs == NULL) {
+  /* Each distinct message is encoded once; every send wraps a new byte
+   * buffer around a reference to its slice (a send consumes its buffer). */
+  grpc_slice *slices = af_calloc(n > 0 ? n : 1, sizeof *slices);
+  if (slices == NULL) {
     af__set_status(&st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
   for (size_t i = 0; i < n; i++) {
-    bbs[i] =
-        encode(info->req_fields, (const char *)reqs + i * info->req_size, &st);
-    if (bbs[i] == NULL) {
+    if (!encode_slice(info->req_fields, (const char *)reqs + i * info->req_size,
+                      &slices[i], &st)) {
       for (size_t j = 0; j < i; j++) {
-        grpc_byte_buffer_destroy(bbs[j]);
+        grpc_slice_unref(slices[j]);
       }
-      af_free(bbs);
+      af_free(slices);
       goto out;
     }
   }
@@ -239,14 +268,21 @@ int af__call(af__transport_t *t, af_rpc_id_t rpc, const void *reqs, size_t n,
   }
   bool sending = started && op_send.success;
   for (size_t i = 0; sending && i < n; i++) {
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_MESSAGE;
-    ops[0].data.send_message.send_message = bbs[i];
-    if (start_batch(call, ops, 1, &op_send) != GRPC_CALL_OK) {
-      break;
+    size_t times = repeat != NULL ? repeat[i] : 1;
+    for (size_t k = 0; sending && k < times; k++) {
+      grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slices[i], 1);
+      memset(ops, 0, sizeof ops);
+      ops[0].op = GRPC_OP_SEND_MESSAGE;
+      ops[0].data.send_message.send_message = bb;
+      if (start_batch(call, ops, 1, &op_send) != GRPC_CALL_OK) {
+        grpc_byte_buffer_destroy(bb);
+        sending = false;
+        break;
+      }
+      wait_op(cq, &op_send, forever);
+      grpc_byte_buffer_destroy(bb);
+      sending = op_send.success && op_status.pending;
     }
-    wait_op(cq, &op_send, forever);
-    sending = op_send.success && op_status.pending;
   }
   if (started) {
     memset(ops, 0, sizeof ops);
@@ -283,9 +319,9 @@ int af__call(af__transport_t *t, af_rpc_id_t rpc, const void *reqs, size_t n,
   grpc_call_unref(call);
   cq_destroy(cq);
   for (size_t i = 0; i < n; i++) {
-    grpc_byte_buffer_destroy(bbs[i]);
+    grpc_slice_unref(slices[i]);
   }
-  af_free(bbs);
+  af_free(slices);
 out:
   if (st_out != NULL) {
     *st_out = st;
