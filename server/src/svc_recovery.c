@@ -906,6 +906,7 @@ typedef struct {
 typedef struct {
   Antifragility__V1__WatchRecoveryResponse msg; /* first: see free */
   Google__Protobuf__Timestamp ts;
+  af_recovery_task_t snap; /* what task and result point into */
   pb_task_t task;
   pb_result_t result;
 } watch_out_t;
@@ -1112,9 +1113,11 @@ static ProtobufCMessage *watch_fill(af_stream_t *st, bool heartbeat, void *user,
     m->timestamp = af_ts_from_ns(&o->ts, now);
   }
   if (task.id != 0) { /* 0: a heartbeat, or the snapshot of no tasks */
-    m->task = task_to_pb(svc, &o->task, &task);
+    /* The message is packed after this returns: point into o. */
+    o->snap = task;
+    m->task = task_to_pb(svc, &o->task, &o->snap);
     if (m->kind == KIND(ATTEMPT_FINISHED) || m->kind == KIND(FINISHED))
-      m->result = task_result_to_pb(svc, &o->result, &task);
+      m->result = task_result_to_pb(svc, &o->result, &o->snap);
   }
   if (more)
     af_stream_notify(st);
