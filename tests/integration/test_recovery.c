@@ -119,7 +119,16 @@ static int64_t dur_ms(const Google__Protobuf__Duration *d)
 
 /* Registers `name` with fail_max 1 and a long reset timeout, then fails
  * it once: the breaker is OPEN and stays so until something closes it. */
+static void report_failure(fx_t *f, const char *name, bool expect_open);
+
 static void open_breaker(fx_t *f, const char *name)
+{
+  report_failure(f, name, true);
+}
+
+/* With expect_open false the state is not checked: automatic recovery may
+ * already have moved the breaker on. */
+static void report_failure(fx_t *f, const char *name, bool expect_open)
 {
   Google__Protobuf__UInt32Value fm = GOOGLE__PROTOBUF__UINT32_VALUE__INIT;
   fm.value = 1;
@@ -141,7 +150,8 @@ static void open_breaker(fx_t *f, const char *name)
   Antifragility__V1__ReportOutcomeResponse *o =
       ok_call(f, BSVC "ReportOutcome", &oq.base,
               &antifragility__v1__report_outcome_response__descriptor);
-  assert_int_equal(o->state, BST(OPEN));
+  if (expect_open)
+    assert_int_equal(o->state, BST(OPEN));
   free_msg(o);
 }
 
@@ -777,7 +787,7 @@ breaker_opening_with_a_probing_policy_recovers_by_itself(void **state)
   Antifragility__V1__RecoveryPolicy *p = policy(&ps, 3, 10, PROBE(TCP), target);
   p->strategy = STRAT(IMMEDIATE);
   free_msg(set_policy(f, "auto", p));
-  open_breaker(f, "auto"); /* no ScheduleRecovery: the engine does it */
+  report_failure(f, "auto", false); /* opens it; the engine schedules */
   Antifragility__V1__RecoveryTask *t = wait_state(f, "auto", ST(SUCCEEDED));
   assert_int_equal(t->strategy, STRAT(IMMEDIATE));
   free_msg(t);
