@@ -36,6 +36,15 @@ typedef struct {
   char data_dir[AF_CONFIG_STR_MAX]; /* AF_DATA_DIR, ./afd-data */
   bool memory;                      /* --memory, AF_MEMORY=1: no persistence */
   uint32_t shutdown_grace_ms;       /* AF_SHUTDOWN_GRACE_MS, 2000 */
+  /* Security (README "Security"): PEM file paths, "" = none. */
+  char tls_cert[AF_CONFIG_STR_MAX];      /* AF_TLS_CERT */
+  char tls_key[AF_CONFIG_STR_MAX];       /* AF_TLS_KEY */
+  char tls_client_ca[AF_CONFIG_STR_MAX]; /* AF_TLS_CLIENT_CA: mTLS */
+  char tokens_file[AF_CONFIG_STR_MAX];   /* AF_TOKENS_FILE */
+  bool insecure_open; /* AF_INSECURE_OPEN: non-loopback without tokens */
+  /* Limits. */
+  uint32_t max_watchers_per_conn; /* AF_MAX_WATCHERS_PER_CONN, 1000 */
+  uint32_t max_message_bytes;     /* AF_MAX_MESSAGE_BYTES, 4194304 */
 } af_config_t;
 
 /* Fills *cfg with the defaults. Cannot fail. */
