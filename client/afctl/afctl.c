@@ -61,6 +61,7 @@ typedef struct {
 
 typedef struct {
   const char *addr;
+  const char *token, *tls_ca, *tls_cert, *tls_key;
   bool json;
   uint32_t timeout_ms;
   opt_t opts[MAX_OPTS];
@@ -1627,7 +1628,8 @@ static const command_t commands[] = {
 
 static void help_top(FILE *out)
 {
-  fputs("usage: afctl [--addr HOST:PORT] [--json] [--timeout MS] GROUP "
+  fputs("usage: afctl [--addr HOST:PORT] [--json] [--timeout MS] [--token T] "
+        "GROUP "
         "[COMMAND] [ARGS]\n\n"
         "Operator CLI of the antifragility service (afd).\n\n"
         "Global options (anywhere on the line):\n"
@@ -1635,6 +1637,9 @@ static void help_top(FILE *out)
         "127.0.0.1:50051)\n"
         "  --json            one line of proto3 JSON per response\n"
         "  --timeout MS      deadline of each call (default 5000)\n"
+        "  --token TOKEN     bearer token (env AF_TOKEN)\n"
+        "  --tls-ca PEM      use TLS, trusting this CA (env AF_TLS_CA)\n"
+        "  --tls-cert PEM --tls-key PEM  client certificate (mTLS)\n"
         "  --help, -h        help for afctl, a group or a command\n\n"
         "Commands:\n",
         out);
@@ -1682,6 +1687,8 @@ int main(int argc, char **argv)
     c.addr = "127.0.0.1:50051";
   }
   c.timeout_ms = 5000;
+  c.token = getenv("AF_TOKEN");
+  c.tls_ca = getenv("AF_TLS_CA");
   bool help = false;
   for (int i = 1; i < argc; i++) {
     char *a = argv[i];
@@ -1714,6 +1721,14 @@ int main(int argc, char **argv)
       c.json = true;
     } else if (strcmp(name, "addr") == 0) {
       c.addr = value;
+    } else if (strcmp(name, "token") == 0) {
+      c.token = value;
+    } else if (strcmp(name, "tls-ca") == 0) {
+      c.tls_ca = value;
+    } else if (strcmp(name, "tls-cert") == 0) {
+      c.tls_cert = value;
+    } else if (strcmp(name, "tls-key") == 0) {
+      c.tls_key = value;
     } else if (strcmp(name, "timeout") == 0) {
       uint64_t t;
       if (!parse_u64(value, &t) || t == 0 || t > UINT32_MAX) {
@@ -1781,6 +1796,10 @@ int main(int argc, char **argv)
   af_client_config_t cfg;
   af_client_config_init(&cfg);
   cfg.addr = c.addr;
+  cfg.token = c.token;
+  cfg.tls_ca_file = c.tls_ca;
+  cfg.tls_cert_file = c.tls_cert;
+  cfg.tls_key_file = c.tls_key;
   cfg.deadline_ms = c.timeout_ms;
   cfg.background = false;
   cfg.follow_chaos = false;

@@ -195,9 +195,10 @@ af_status_t af_client_create(af_client_t **out, const af_client_config_t *cfg,
   af__waiter_init(&c->chaos_w);
 
   grpc_init();
-  s = af__transport_init(&c->transport, c->addr);
+  s = af__transport_init(&c->transport, &c->cfg, err);
+  c->cfg.token = NULL; /* borrowed for create only */
+  c->cfg.tls_ca_file = c->cfg.tls_cert_file = c->cfg.tls_key_file = NULL;
   if (s != AF_OK) {
-    af_error_set(err, s, "cannot create a channel to %s", c->addr);
     goto fail;
   }
   if ((s = af__guards_init(c, err)) != AF_OK ||

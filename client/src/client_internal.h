@@ -25,9 +25,14 @@
 typedef struct {
   grpc_channel *ch;
   void *handles[AF_RPC_COUNT];
+  grpc_metadata md[1]; /* authorization, when a token is set */
+  size_t md_count;
 } af__transport_t;
 
-af_status_t af__transport_init(af__transport_t *t, const char *addr);
+/* Creates the channel (TLS when cfg->tls_ca_file is set) and the call
+ * handles; err says what failed. */
+af_status_t af__transport_init(af__transport_t *t,
+                               const af_client_config_t *cfg, af_error_t *err);
 void af__transport_destroy(af__transport_t *t);
 
 /* Unary or client stream: sends n requests (array of req_size structs),

@@ -52,7 +52,76 @@ static void status_from_slice(af_call_status_t *st, int code, grpc_slice d)
   st->message[len] = '\0';
 }
 
-af_status_t af__transport_init(af__transport_t *t, const char *addr)
+/* Reads a whole file into a NUL-terminated buffer (owned: af_free). */
+static char *read_file(const char *path)
+{
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    return NULL;
+  }
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  for (;;) {
+    if (len + 4096 + 1 > cap) {
+      cap = cap ? cap * 2 : 8192;
+      char *nb = af_realloc(buf, cap);
+      if (nb == NULL) {
+        af_free(buf);
+        fclose(f);
+        return NULL;
+      }
+      buf = nb;
+    }
+    size_t n = fread(buf + len, 1, 4096, f);
+    len += n;
+    if (n < 4096) {
+      break;
+    }
+  }
+  fclose(f);
+  buf[len] = '\0';
+  return buf;
+}
+
+static grpc_channel_credentials *tls_credentials(const af_client_config_t *cfg,
+                                                 af_error_t *err)
+{
+  char *ca = read_file(cfg->tls_ca_file);
+  if (ca == NULL) {
+    af_error_set(err, AF_EIO, "cannot read %s", cfg->tls_ca_file);
+    return NULL;
+  }
+  grpc_ssl_pem_key_cert_pair pair = {NULL, NULL};
+  bool with_pair = cfg->tls_cert_file != NULL && cfg->tls_cert_file[0] &&
+                   cfg->tls_key_file != NULL && cfg->tls_key_file[0];
+  char *cert = NULL, *key = NULL;
+  if (with_pair) {
+    cert = read_file(cfg->tls_cert_file);
+    key = read_file(cfg->tls_key_file);
+    if (cert == NULL || key == NULL) {
+      af_error_set(err, AF_EIO, "cannot read %s",
+                   cert == NULL ? cfg->tls_cert_file : cfg->tls_key_file);
+      af_free(ca);
+      af_free(cert);
+      af_free(key);
+      return NULL;
+    }
+    pair.private_key = key;
+    pair.cert_chain = cert;
+  }
+  grpc_channel_credentials *cr =
+      grpc_ssl_credentials_create(ca, with_pair ? &pair : NULL, NULL, NULL);
+  af_free(ca);
+  af_free(cert);
+  af_free(key);
+  if (cr == NULL) {
+    af_error_set(err, AF_EINVAL, "bad TLS credentials");
+  }
+  return cr;
+}
+
+af_status_t af__transport_init(af__transport_t *t,
+                               const af_client_config_t *cfg, af_error_t *err)
 {
   grpc_channel_args args;
   grpc_arg arg[2];
@@ -66,21 +135,47 @@ af_status_t af__transport_init(af__transport_t *t, const char *addr)
   arg[1].value.integer = 100;
   args.num_args = 2;
   args.args = arg;
-  grpc_channel_credentials *cr = grpc_insecure_credentials_create();
-  t->ch = grpc_channel_create(addr, cr, &args);
+  grpc_channel_credentials *cr;
+  if (cfg->tls_ca_file != NULL && cfg->tls_ca_file[0] != '\0') {
+    cr = tls_credentials(cfg, err);
+    if (cr == NULL) {
+      return err != NULL ? err->code : AF_EIO;
+    }
+  } else {
+    cr = grpc_insecure_credentials_create();
+  }
+  t->ch = grpc_channel_create(cfg->addr, cr, &args);
   grpc_channel_credentials_release(cr);
   if (t->ch == NULL) {
-    return AF_ENOMEM;
+    return af_error_set(err, AF_ENOMEM, "cannot create a channel to %s",
+                        cfg->addr);
   }
   for (int i = 0; i < AF_RPC_COUNT; i++) {
     t->handles[i] =
         grpc_channel_register_call(t->ch, af_rpc_info(i)->path, NULL, NULL);
+  }
+  if (cfg->token != NULL && cfg->token[0] != '\0') {
+    char *v = af_malloc(strlen(cfg->token) + 8);
+    if (v == NULL) {
+      return af_error_set(err, AF_ENOMEM, "out of memory");
+    }
+    memcpy(v, "Bearer ", 7);
+    memcpy(v + 7, cfg->token, strlen(cfg->token) + 1);
+    t->md[0].key = grpc_slice_from_static_string("authorization");
+    t->md[0].value = grpc_slice_from_copied_string(v);
+    af_free(v);
+    t->md_count = 1;
   }
   return AF_OK;
 }
 
 void af__transport_destroy(af__transport_t *t)
 {
+  for (size_t i = 0; i < t->md_count; i++) {
+    grpc_slice_unref(t->md[i].key);
+    grpc_slice_unref(t->md[i].value);
+  }
+  t->md_count = 0;
   if (t->ch != NULL) {
     grpc_channel_destroy(t->ch);
     t->ch = NULL;
@@ -263,6 +358,8 @@ int af__call_repeated(af__transport_t *t, af_rpc_id_t rpc, const void *reqs,
   bool started = start_batch(call, ops, 1, &op_status) == GRPC_CALL_OK;
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[0].data.send_initial_metadata.count = t->md_count;
+  ops[0].data.send_initial_metadata.metadata = t->md;
   if (started && start_batch(call, ops, 1, &op_send) == GRPC_CALL_OK) {
     wait_op(cq, &op_send, forever);
   }
@@ -379,6 +476,8 @@ af_client_stream_t *af__stream_open(af__transport_t *t, af_rpc_id_t rpc,
   }
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[0].data.send_initial_metadata.count = t->md_count;
+  ops[0].data.send_initial_metadata.metadata = t->md;
   ops[1].op = GRPC_OP_SEND_MESSAGE;
   ops[1].data.send_message.send_message = s->send_bb;
   ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

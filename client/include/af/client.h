@@ -118,6 +118,16 @@ typedef struct {
   /* Reconnect / retry backoff: initial and cap. Defaults 100 and 5000. */
   uint32_t backoff_initial_ms;
   uint32_t backoff_max_ms;
+  /* Bearer token sent as `authorization: Bearer <token>` on every call;
+   * NULL / "" = none (afd without --tokens-file needs none on loopback).
+   * Borrowed (copied). */
+  const char *token;
+  /* TLS: PEM file of the CA that signed afd's certificate; NULL = plain
+   * HTTP/2. With tls_cert_file and tls_key_file (PEM) the client also
+   * presents a certificate (mTLS). Files are read in af_client_create. */
+  const char *tls_ca_file;
+  const char *tls_cert_file;
+  const char *tls_key_file;
   /* Metering queue capacity, batch size, partial-batch period. Defaults
    * 10000, 100, 1000. */
   size_t meter_capacity;
@@ -131,8 +141,9 @@ void af_client_config_init(af_client_config_t *cfg);
 /* Creates a client (cfg borrowed; NULL = defaults). Connects lazily: a
  * server that is down is not an error. Starts the background threads when
  * cfg->background. Returns AF_OK and *out (owned: af_client_destroy),
- * AF_EINVAL (err says which setting), AF_ENOMEM or AF_EINTERNAL (a thread
- * could not start). On failure *out is untouched and nothing leaks. */
+ * AF_EINVAL (err says which setting), AF_EIO (a TLS file cannot be read),
+ * AF_ENOMEM or AF_EINTERNAL (a thread could not start). On failure *out is
+ * untouched and nothing leaks. */
 af_status_t af_client_create(af_client_t **out, const af_client_config_t *cfg,
                              af_error_t *err);
 
