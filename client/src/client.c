@@ -180,8 +180,7 @@ af_status_t af_client_create(af_client_t **out, const af_client_config_t *cfg,
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = '\0';
-    host[40] = '\0';
-    snprintf(c->instance_id, sizeof c->instance_id, "%s:%ld", host,
+    snprintf(c->instance_id, sizeof c->instance_id, "%.40s:%ld", host,
              (long)getpid());
   }
   c->cfg.instance_id = c->instance_id;
