@@ -148,7 +148,7 @@ static af_status_t check_config(const af_client_config_t *cfg, af_error_t *err)
   return AF_OK;
 }
 
-static void stop_threads(af_client_t *c, uint32_t deadline_ms);
+static void stop_threads(af_client_t *c);
 
 af_status_t af_client_create(af_client_t **out, const af_client_config_t *cfg,
                              af_error_t *err)
@@ -227,13 +227,13 @@ af_status_t af_client_create(af_client_t **out, const af_client_config_t *cfg,
   *out = c;
   return AF_OK;
 fail:
-  stop_threads(c, 0);
+  stop_threads(c);
   c->shut_down = true;
   af_client_destroy(c);
   return s;
 }
 
-static void stop_threads(af_client_t *c, uint32_t deadline_ms)
+static void stop_threads(af_client_t *c)
 {
   af__health_stop_all(c);
   if (c->chaos_running) {
@@ -250,8 +250,13 @@ static void stop_threads(af_client_t *c, uint32_t deadline_ms)
     af__waiter_stop(&c->reporter_w);
     pthread_join(c->reporter, NULL);
     c->reporter_running = false;
-    (void)deadline_ms;
   }
+}
+
+uint32_t af__bg_deadline(af_client_t *c)
+{
+  unsigned cap = atomic_load(&c->bg_deadline_cap);
+  return cap != 0 && cap < c->cfg.deadline_ms ? cap : c->cfg.deadline_ms;
 }
 
 size_t af_client_shutdown(af_client_t *c, uint32_t deadline_ms)
@@ -266,13 +271,18 @@ size_t af_client_shutdown(af_client_t *c, uint32_t deadline_ms)
   }
   c->shut_down = true;
   uint64_t start = af_clock_mono_ns(NULL);
-  stop_threads(c, deadline_ms);
-  if (c->threads_started && c->registry != NULL) {
+  /* From here on no background call may outlive the deadline. */
+  atomic_store(&c->bg_deadline_cap, deadline_ms > 0 ? deadline_ms : 1);
+  stop_threads(c);
+  uint64_t spent_ms = (af_clock_mono_ns(NULL) - start) / AF_NS_PER_MS;
+  if (c->threads_started && c->registry != NULL && spent_ms < deadline_ms) {
     /* One last round so the server hears the final states. */
+    atomic_store(&c->bg_deadline_cap, (unsigned)(deadline_ms - spent_ms));
     af__report_round(c);
   }
-  uint64_t spent_ms = (af_clock_mono_ns(NULL) - start) / AF_NS_PER_MS;
+  spent_ms = (af_clock_mono_ns(NULL) - start) / AF_NS_PER_MS;
   uint64_t left = spent_ms >= deadline_ms ? 0 : deadline_ms - spent_ms;
+  atomic_store(&c->bg_deadline_cap, left > 0 ? (unsigned)left : 1);
   size_t unsent = 0;
   if (c->meter != NULL) {
     if (c->threads_started) {

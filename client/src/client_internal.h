@@ -146,7 +146,13 @@ struct af_client {
       chaos_reconnects;
   atomic_bool chaos_connected;
   atomic_bool resync_all; /* reporter: re-report every guard */
+  /* During shutdown: background calls get at most this deadline (ms). */
+  atomic_uint bg_deadline_cap;
 };
+
+/* Deadline of a background call: cfg.deadline_ms, capped during shutdown
+ * so that the final flush keeps to the caller's deadline. */
+uint32_t af__bg_deadline(af_client_t *c);
 
 /* guard.c */
 af_status_t af__guards_init(af_client_t *c, af_error_t *err);

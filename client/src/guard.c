@@ -267,7 +267,7 @@ static int report_state(af_client_t *c, af_guard_t *g,
   }
   af_call_status_t st;
   int code = af__call(&c->transport, AF_RPC_REPORT_STATE, &req, 1, resp,
-                      c->cfg.deadline_ms, &st);
+                      af__bg_deadline(c), &st);
   af_free(resp);
   return code;
 }
@@ -365,7 +365,7 @@ static bool round_run(af_client_t *c)
     memset(&sum, 0, sizeof sum);
     af_call_status_t st;
     int code = af__call_repeated(&c->transport, AF_RPC_REPORT_OUTCOMES, outs,
-                                 repeat, no, &sum, c->cfg.deadline_ms, &st);
+                                 repeat, no, &sum, af__bg_deadline(c), &st);
     if (code != GRPC_STATUS_OK) {
       atomic_fetch_add(&c->reports_failed, 1);
       atomic_store(&c->resync_all, true);

@@ -83,7 +83,7 @@ af_status_t af__meter_sink(const af_meter_event_t *events, size_t n,
   } else {
     af_call_status_t st;
     code = af__call(&m->client->transport, AF_RPC_RECORD_USAGE_STREAM, m->reqs,
-                    n, &resp, m->client->cfg.deadline_ms, &st);
+                    n, &resp, af__bg_deadline(m->client), &st);
   }
   if (code != GRPC_STATUS_OK || resp.rejected > 0 ||
       resp.accepted + resp.duplicates != n) {

@@ -150,8 +150,10 @@ af_status_t af_client_create(af_client_t **out, const af_client_config_t *cfg,
 /* Stops the background work: the chaos follower and health subscriptions
  * end, the reporter makes one last round, the metering sender flushes what
  * it can until deadline_ms (real time) have passed, and every thread is
- * joined. Returns how many metering events were left unsent. Idempotent.
- * Owner thread. */
+ * joined. No network call outlives the deadline (each is cut to what is
+ * left of it; deadline_ms 0 allows one attempt of 1 ms). Returns how many
+ * metering events were left unsent.
+ * Idempotent. Owner thread. */
 size_t af_client_shutdown(af_client_t *c, uint32_t deadline_ms);
 
 /* af_client_shutdown(c, 0) if needed, then frees everything (guards
@@ -394,11 +396,12 @@ af_status_t af_guard_get(af_client_t *c, const char *name,
                          const af_guard_config_t *cfg, af_guard_t **out,
                          af_error_t *err);
 
-/* May the call go ahead? Never touches the network. With no chaos active:
- * the breaker's answer (a few atomic operations in CLOSED). With chaos
- * covering the target: a LATENCY / TIMEOUT scenario sleeps its delay on the
- * caller's thread first; ERROR, NETWORK_PARTITION and RESOURCE_EXHAUSTION
- * may fail the call (see af_guard_decision_t). */
+/* May the call go ahead? Never touches the network. First the breaker's
+ * answer (a few atomic operations in CLOSED); with no chaos mirrored that
+ * is all (plus one atomic load). If the breaker admits the call and chaos
+ * covers the target: a LATENCY / TIMEOUT scenario sleeps its delay on the
+ * caller's thread; ERROR, NETWORK_PARTITION and RESOURCE_EXHAUSTION may
+ * then fail the call (see af_guard_decision_t). */
 af_guard_decision_t af_guard_allow(af_guard_t *g);
 
 /* Outcome of a call that af_guard_allow let pass. error_type (borrowed,
