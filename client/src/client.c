@@ -248,6 +248,7 @@ static void stop_threads(af_client_t *c)
   }
   if (c->reporter_running) {
     af__waiter_stop(&c->reporter_w);
+    af__transport_cancel_all(&c->transport);
     pthread_join(c->reporter, NULL);
     c->reporter_running = false;
   }
@@ -286,6 +287,9 @@ size_t af_client_shutdown(af_client_t *c, uint32_t deadline_ms)
   size_t unsent = 0;
   if (c->meter != NULL) {
     if (c->threads_started) {
+      /* A send the flusher started before the deadline cap ends now; the
+       * batch stays queued and af_meter_shutdown retries it. */
+      af__transport_cancel_all(&c->transport);
       unsent = af_meter_shutdown(c->meter, left);
     } else {
       af_meter_metrics_t m;

@@ -22,9 +22,15 @@
 /* ---- transport.c: gRPC core calls with nanopb messages ------------------ */
 
 /* One channel plus a registered call handle per RPC. */
+#define AF__INFLIGHT_MAX 16
+
 typedef struct {
   grpc_channel *ch;
   void *handles[AF_RPC_COUNT];
+  /* unary / client-stream calls in flight (untracked past the limit) */
+  pthread_mutex_t mu;
+  bool mu_init;
+  grpc_call *inflight[AF__INFLIGHT_MAX];
   grpc_metadata md[1]; /* authorization, when a token is set */
   size_t md_count;
 } af__transport_t;
@@ -34,6 +40,9 @@ typedef struct {
 af_status_t af__transport_init(af__transport_t *t,
                                const af_client_config_t *cfg, af_error_t *err);
 void af__transport_destroy(af__transport_t *t);
+/* Cancels every unary / client-stream call in flight (shutdown: the
+ * background threads' calls end at once). Thread-safe. */
+void af__transport_cancel_all(af__transport_t *t);
 
 /* Unary or client stream: sends n requests (array of req_size structs),
  * reads one response. Returns the gRPC code; st always filled. */

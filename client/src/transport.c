@@ -135,6 +135,8 @@ af_status_t af__transport_init(af__transport_t *t,
   arg[1].value.integer = 100;
   args.num_args = 2;
   args.args = arg;
+  pthread_mutex_init(&t->mu, NULL);
+  t->mu_init = true;
   grpc_channel_credentials *cr;
   if (cfg->tls_ca_file != NULL && cfg->tls_ca_file[0] != '\0') {
     cr = tls_credentials(cfg, err);
@@ -171,6 +173,10 @@ af_status_t af__transport_init(af__transport_t *t,
 
 void af__transport_destroy(af__transport_t *t)
 {
+  if (t->mu_init) {
+    pthread_mutex_destroy(&t->mu);
+    t->mu_init = false;
+  }
   for (size_t i = 0; i < t->md_count; i++) {
     grpc_slice_unref(t->md[i].key);
     grpc_slice_unref(t->md[i].value);
@@ -306,6 +312,44 @@ static bool encode_slice(const pb_msgdesc_t *fields, const void *msg,
   return true;
 }
 
+/* In-flight calls, so that af__transport_cancel_all can end them. */
+static int track(af__transport_t *t, grpc_call *call)
+{
+  pthread_mutex_lock(&t->mu);
+  int slot = -1;
+  for (int i = 0; i < AF__INFLIGHT_MAX; i++) {
+    if (t->inflight[i] == NULL) {
+      t->inflight[i] = call;
+      slot = i;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&t->mu);
+  return slot;
+}
+
+static void untrack(af__transport_t *t, int slot)
+{
+  if (slot < 0) {
+    return;
+  }
+  pthread_mutex_lock(&t->mu);
+  t->inflight[slot] = NULL;
+  pthread_mutex_unlock(&t->mu);
+}
+
+void af__transport_cancel_all(af__transport_t *t)
+{
+  pthread_mutex_lock(&t->mu);
+  for (int i = 0; i < AF__INFLIGHT_MAX; i++) {
+    if (t->inflight[i] != NULL) {
+      /* thread-safe; the owner still completes and unrefs the call */
+      grpc_call_cancel(t->inflight[i], NULL);
+    }
+  }
+  pthread_mutex_unlock(&t->mu);
+}
+
 int af__call(af__transport_t *t, af_rpc_id_t rpc, const void *reqs, size_t n,
              void *resp, uint32_t deadline_ms, af_call_status_t *st_out)
 {
@@ -341,6 +385,7 @@ int af__call_repeated(af__transport_t *t, af_rpc_id_t rpc, const void *reqs,
   grpc_call *call = grpc_channel_create_registered_call(
       t->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, t->handles[rpc],
       call_deadline(deadline_ms), NULL);
+  int slot = track(t, call);
   grpc_metadata_array init_md, trail_md;
   grpc_metadata_array_init(&init_md);
   grpc_metadata_array_init(&trail_md);
@@ -413,6 +458,7 @@ int af__call_repeated(af__transport_t *t, af_rpc_id_t rpc, const void *reqs,
   grpc_slice_unref(details);
   grpc_metadata_array_destroy(&init_md);
   grpc_metadata_array_destroy(&trail_md);
+  untrack(t, slot);
   grpc_call_unref(call);
   cq_destroy(cq);
   for (size_t i = 0; i < n; i++) {
