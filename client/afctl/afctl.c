@@ -900,8 +900,15 @@ static int cmd_breaker_watch(ctx_t *c)
 
 /* ---- recovery ------------------------------------------------------------ */
 
-static int fill_policy(ctx_t *c, antifragility_v1_RecoveryPolicy *p, bool *any)
+static int fill_policy(ctx_t *c, antifragility_v1_RecoveryPolicy *p,
+                       bool with_strategy, bool *any)
 {
+  if (with_strategy) {
+    int st = 0;
+    TRY(opt_enum(c, "strategy",
+                 &antifragility__v1__recovery_strategy__descriptor, &st));
+    p->strategy = (antifragility_v1_RecoveryStrategy)st;
+  }
   uint64_t v = 0;
   TRY(opt_u64(c, "max-retries", UINT32_MAX, &v, &p->has_max_retry_attempts));
   p->max_retry_attempts.value = (uint32_t)v;
@@ -920,10 +927,10 @@ static int fill_policy(ctx_t *c, antifragility_v1_RecoveryPolicy *p, bool *any)
   TRY(opt_str(c, "probe-service", p->probe_service, sizeof p->probe_service));
   TRY(opt_duration(c, "probe-timeout", &p->has_probe_timeout,
                    &p->probe_timeout));
-  *any = p->has_max_retry_attempts || p->has_backoff_multiplier ||
-         p->has_initial_delay || p->has_max_delay || p->jitter != 0 ||
-         p->probe != 0 || p->probe_target[0] || p->probe_service[0] ||
-         p->has_probe_timeout;
+  *any = p->strategy != 0 || p->has_max_retry_attempts ||
+         p->has_backoff_multiplier || p->has_initial_delay ||
+         p->has_max_delay || p->jitter != 0 || p->probe != 0 ||
+         p->probe_target[0] || p->probe_service[0] || p->has_probe_timeout;
   return 0;
 }
 
@@ -991,7 +998,7 @@ static int cmd_recovery_schedule(ctx_t *c)
           r->priority = (int32_t)v;
         }
         bool any = false;
-        FILL(fill_policy(c, &r->policy, &any));
+        FILL(fill_policy(c, &r->policy, false, &any));
         r->has_policy = any;
       },
       NULL);
@@ -1055,7 +1062,7 @@ static int cmd_recovery_policy(ctx_t *c)
   antifragility_v1_RecoveryPolicy pol;
   memset(&pol, 0, sizeof pol);
   bool any = false;
-  TRY(fill_policy(c, &pol, &any));
+  TRY(fill_policy(c, &pol, true, &any));
   if (any) {
     UNARY(
         c, SET_RECOVERY_POLICY,
@@ -1573,7 +1580,8 @@ static const command_t commands[] = {
      "recovery approve SERVICE [--actor A] [--reason R]",
      "approve the next attempt of a MANUAL task"},
     {"recovery", "policy", cmd_recovery_policy,
-     "recovery policy SERVICE [--max-retries N] [--multiplier X] "
+     "recovery policy SERVICE [--strategy S] [--max-retries N] "
+     "[--multiplier X] "
      "[--initial-delay 1s] [--max-delay 60s] [--jitter none|full|"
      "decorrelated] [--probe none|grpc_health|tcp|http] [--probe-target T] "
      "[--probe-service S] [--probe-timeout 2s]",

@@ -11,7 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/types.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -160,6 +164,70 @@ static void health_commands(void **state)
   OUT_HAS(",\"metering\":{");
 }
 
+/* Reads fd into buf until it holds needle or ms pass. */
+static bool read_until(int fd, char *buf, size_t cap, size_t *len,
+                       const char *needle, int ms)
+{
+  int64_t end = af_tc_now_ms() + ms;
+  while (strstr(buf, needle) == NULL) {
+    int64_t left = end - af_tc_now_ms();
+    if (left <= 0) {
+      return false;
+    }
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, (int)left) <= 0) {
+      continue;
+    }
+    ssize_t n = read(fd, buf + *len, cap - 1 - *len);
+    if (n <= 0) {
+      return strstr(buf, needle) != NULL;
+    }
+    *len += (size_t)n;
+    buf[*len] = '\0';
+  }
+  return true;
+}
+
+static void health_watch_prints_changes_live_until_interrupted(void **state)
+{
+  fx_t *f = *state;
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", f->port);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    dup2(pfd[1], 1);
+    dup2(pfd[1], 2);
+    close(pfd[0]);
+    close(pfd[1]);
+    execl(AFCTL_PATH, "afctl", "--addr", addr, "health", "watch", (char *)NULL);
+    _exit(127);
+  }
+  close(pfd[1]);
+  static char buf[1 << 16];
+  size_t len = 0;
+  buf[0] = '\0';
+  bool first = read_until(pfd[0], buf, sizeof buf, &len, "seq=1 HEALTHY", 5000);
+  if (first) {
+    OK("breaker register w1 --fail-max 1");
+    OK("breaker report w1 --failure");
+  }
+  bool change =
+      first && read_until(pfd[0], buf, sizeof buf, &len, "CRITICAL", 5000);
+  kill(pid, SIGINT);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  close(pfd[0]);
+  if (!first || !change) {
+    fail_msg("health watch printed:\n%s", buf);
+  }
+  assert_non_null(strstr(buf, "(was HEALTHY)"));
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 static void breaker_commands(void **state)
 {
   (void)state;
@@ -298,8 +366,9 @@ static void recovery_commands(void **state)
   OK("recovery policy svc1");
   OUT_HAS("is_default: true");
   OK("recovery policy svc1 --max-retries 3 --initial-delay 1s "
-     "--max-delay 10s --jitter full");
+     "--max-delay 10s --jitter full --strategy linear_backoff");
   OUT_HAS("max_retry_attempts: 3");
+  OUT_HAS("strategy: LINEAR_BACKOFF");
   OUT_HAS("jitter: FULL");
   assert_int_equal(afctl("recovery policy svc1 --max-retries 0"), 10 + 3);
   OUT_HAS("max_retry_attempts must be >= 1");
@@ -336,6 +405,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(
           unreachable_server_exits_24_and_af_addr_is_used, setup, teardown),
       cmocka_unit_test_setup_teardown(health_commands, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          health_watch_prints_changes_live_until_interrupted, setup, teardown),
       cmocka_unit_test_setup_teardown(breaker_commands, setup, teardown),
       cmocka_unit_test_setup_teardown(chaos_commands, setup, teardown),
       cmocka_unit_test_setup_teardown(usage_commands, setup, teardown),
