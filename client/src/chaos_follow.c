@@ -16,9 +16,17 @@
  * CIRCUIT_BREAKER scenarios are not mirrored: the server holds that breaker
  * forced open itself; the client's guards keep their own state.
  *
+ * Hot path: each guard carries chaos_hit, set here when a mirrored
+ * scenario's blast radius holds the guard's target. af_guard_allow loads
+ * that flag (one atomic load) and asks the engine only when it is set, so
+ * scenarios on other targets cost guards nothing. A flag may stay set
+ * after its scenario expired locally until the next message; the engine
+ * then answers "nothing", which is correct, just not free.
+ *
  * Threading: af__chaos_apply runs on the follower thread (or a test's);
- * chaos_mu serialises rebuilds. The hot path reads the engine (thread-safe)
- * and chaos_present (one atomic load) and never takes chaos_mu.
+ * chaos_mu serialises rebuilds and guards chaos_targets (lock order:
+ * chaos_mu, then guards_mu). The hot path reads the engine (thread-safe)
+ * and chaos_hit, and never takes a lock.
  */
 #include "client_internal.h"
 
@@ -44,6 +52,27 @@ void af__chaos_destroy(af_client_t *c)
 {
   af_chaos_destroy(c->chaos);
   c->chaos = NULL;
+  af_free(c->chaos_targets);
+  c->chaos_targets = NULL;
+  c->chaos_target_count = 0;
+}
+
+static bool hit_locked(af_client_t *c, const char *target)
+{
+  for (size_t i = 0; i < c->chaos_target_count; i++) {
+    if (strcmp(c->chaos_targets[i], target) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void af__chaos_mark_guard(af_client_t *c, af_guard_t *g)
+{
+  pthread_mutex_lock(&c->chaos_mu);
+  atomic_store_explicit(&g->chaos_hit, hit_locked(c, g->target),
+                        memory_order_release);
+  pthread_mutex_unlock(&c->chaos_mu);
 }
 
 static uint64_t duration_ms(const google_protobuf_Duration *d)
@@ -68,6 +97,10 @@ void af__chaos_apply(af_client_t *c, const antifragility_v1_ChaosScenario *sc,
   af_chaos_reset_stop(c->chaos, "afclient");
   int64_t now = af_clock_wall_ns(c->clock);
   size_t applied = 0;
+  /* Targets of the new mirror; on allocation failure every guard checks
+   * the engine (correct, only slower). */
+  size_t cap = n * AF_CHAOS_BLAST_MAX + 1, nt = 0;
+  char(*targets)[AF_NAME_MAX + 1] = af_calloc(cap, sizeof *targets);
   for (size_t i = 0; i < n; i++) {
     const antifragility_v1_ChaosScenario *s = &sc[i];
     if (!s->active ||
@@ -105,9 +138,25 @@ void af__chaos_apply(af_client_t *c, const antifragility_v1_ChaosScenario *sc,
     snprintf(req.actor, sizeof req.actor, "%s", "afclient");
     if (af_chaos_activate(c->chaos, &req, NULL, NULL) == AF_OK) {
       applied++;
+      size_t nb = req.blast_count > 0 ? req.blast_count : 1;
+      for (size_t k = 0; targets != NULL && k < nb && nt < cap; k++) {
+        memcpy(targets[nt++],
+               req.blast_count > 0 ? req.blast_radius[k] : req.target,
+               AF_NAME_MAX + 1);
+      }
     }
   }
   atomic_store_explicit(&c->chaos_present, applied > 0, memory_order_release);
+  af_free(c->chaos_targets);
+  c->chaos_targets = targets;
+  c->chaos_target_count = nt;
+  pthread_mutex_lock(&c->guards_mu);
+  for (size_t i = 0; i < c->guard_count; i++) {
+    af_guard_t *g = c->guards[i];
+    bool hit = targets == NULL ? applied > 0 : hit_locked(c, g->target);
+    atomic_store_explicit(&g->chaos_hit, hit, memory_order_release);
+  }
+  pthread_mutex_unlock(&c->guards_mu);
   pthread_mutex_unlock(&c->chaos_mu);
 }
 

@@ -76,6 +76,10 @@ struct af_guard {
   char name[AF_NAME_MAX + 1];
   char target[AF_NAME_MAX + 1];
   af_breaker_config_t config;
+  /* A mirrored scenario's blast radius holds target (set by
+   * af__chaos_apply / af__chaos_mark_guard): allow consults the chaos
+   * engine only then. */
+  atomic_bool chaos_hit;
   /* Reporter thread only: what the server was last told. */
   bool reported;
   af_breaker_state_t reported_state;
@@ -130,6 +134,9 @@ struct af_client {
   pthread_mutex_t chaos_mu;  /* serialises rebuilds */
   atomic_ulong rng;          /* for exhaustion draws and jitter */
   atomic_bool chaos_present; /* the mirror holds a scenario */
+  /* Every target in a mirrored blast radius (chaos_mu). */
+  char (*chaos_targets)[AF_NAME_MAX + 1];
+  size_t chaos_target_count;
 
   /* metering */
   af_meter_t *meter;
@@ -174,6 +181,8 @@ void af__report_round(af_client_t *c);
 af_status_t af__chaos_init(af_client_t *c, af_error_t *err);
 void af__chaos_destroy(af_client_t *c);
 void *af__chaos_main(void *arg);
+/* Sets g->chaos_hit from the current mirror. */
+void af__chaos_mark_guard(af_client_t *c, af_guard_t *g);
 /* Replaces the local scenarios with the n active ones (wire form). */
 void af__chaos_apply(af_client_t *c, const antifragility_v1_ChaosScenario *sc,
                      size_t n);

@@ -4,8 +4,8 @@
  * about them.
  *
  * Hot path (af_guard_allow / success / failure): af_breaker_allow /
- * record_* (lock-free in CLOSED) plus one atomic load of the number of
- * mirrored chaos scenarios; nothing else, no network, no allocation.
+ * record_* (lock-free in CLOSED) plus one atomic load of the guard's
+ * chaos_hit flag; nothing else, no network, no allocation.
  *
  * Reporter: a round compares each guard's state and counters with what the
  * server was last told. The new outcomes of every guard go on one
@@ -148,6 +148,7 @@ af_status_t af_guard_get(af_client_t *c, const char *name,
 out:
   pthread_mutex_unlock(&c->guards_mu);
   if (s == AF_OK) {
+    af__chaos_mark_guard(c, *out);
     af__waiter_wake(&c->reporter_w);
   }
   return s;
@@ -180,9 +181,8 @@ af_guard_decision_t af_guard_allow(af_guard_t *g)
     return AF_GUARD_REJECTED;
   }
   af_client_t *c = g->client;
-  /* af_chaos_should_inject_* are one atomic load each with nothing active;
-   * this checks them only when the mirror holds something (one load). */
-  if (atomic_load_explicit(&c->chaos_present, memory_order_acquire)) {
+  /* One atomic load: does a mirrored scenario cover this target? */
+  if (atomic_load_explicit(&g->chaos_hit, memory_order_acquire)) {
     uint64_t delay = 0;
     if (af_chaos_should_inject_latency(c->chaos, g->target, &delay) &&
         delay > 0) {

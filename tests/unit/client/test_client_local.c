@@ -212,6 +212,23 @@ static void scenario_applies_only_inside_its_blast_radius(void **state)
   assert_int_equal(af_guard_allow(other), AF_GUARD_CHAOS_ERROR);
 }
 
+static void guard_created_after_the_scenario_is_covered_too(void **state)
+{
+  fixture_t *f = *state;
+  antifragility_v1_ChaosScenario s =
+      scenario(antifragility_v1_ChaosKind_CHAOS_KIND_ERROR, "late", 10);
+  s.error_rate = 1.0;
+  af__chaos_apply(f->c, &s, 1);
+  af_guard_t *g = guard(f, "late", 100, NULL);
+  af_guard_t *h = guard(f, "early-bird", 100, NULL);
+  assert_true(atomic_load(&g->chaos_hit));
+  assert_false(atomic_load(&h->chaos_hit));
+  assert_int_equal(af_guard_allow(g), AF_GUARD_CHAOS_ERROR);
+  assert_int_equal(af_guard_allow(h), AF_GUARD_PASS);
+  af__chaos_apply(f->c, NULL, 0);
+  assert_false(atomic_load(&g->chaos_hit));
+}
+
 static void
 scenario_stops_applying_when_it_expires_on_the_client_clock(void **state)
 {
@@ -526,6 +543,8 @@ int main(void)
           teardown),
       cmocka_unit_test_setup_teardown(
           scenario_applies_only_inside_its_blast_radius, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          guard_created_after_the_scenario_is_covered_too, setup, teardown),
       cmocka_unit_test_setup_teardown(
           scenario_stops_applying_when_it_expires_on_the_client_clock, setup,
           teardown),
