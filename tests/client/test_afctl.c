@@ -388,6 +388,10 @@ static void recovery_commands(void **state)
   OK("recovery cancel c1 --reason 'not needed'");
   OUT_HAS("cancelled: true");
   assert_int_equal(afctl("recovery execute nobody"), 10 + 5);
+  OK("recovery schedule ex1 --initial-delay 60s");
+  OK("recovery execute ex1");
+  OUT_HAS("success: true");
+  OUT_HAS("state: SUCCEEDED");
   OK("recovery schedule imm --strategy immediate");
   OK("recovery status");
   OUT_HAS("SERVICE");
