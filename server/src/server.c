@@ -1472,7 +1472,7 @@ af_status_t af_server_create(af_server_t **out, const af_server_options_t *opt,
   srv->t_shutdown.fn = on_shutdown_tag;
 
   grpc_init();
-  grpc_arg args[3];
+  grpc_arg args[4];
   memset(args, 0, sizeof args);
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
@@ -1483,7 +1483,11 @@ af_status_t af_server_create(af_server_t **out, const af_server_options_t *opt,
   args[2].type = GRPC_ARG_INTEGER;
   args[2].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
   args[2].value.integer = (int)opt->max_message_bytes;
-  grpc_channel_args cargs = {3, args};
+  /* Request metadata (headers) per call; gRPC refuses more. */
+  args[3].type = GRPC_ARG_INTEGER;
+  args[3].key = (char *)GRPC_ARG_MAX_METADATA_SIZE;
+  args[3].value.integer = AF_SERVER_MAX_METADATA_BYTES;
+  grpc_channel_args cargs = {4, args};
   srv->gs = grpc_server_create(&cargs, NULL);
   srv->cq = grpc_completion_queue_create_for_next(NULL);
   if (!srv->gs || !srv->cq) {

@@ -65,6 +65,10 @@ extern "C" {
 #define AF_PRINTF(fmt_idx, arg_idx)
 #endif
 
+/* Largest request metadata (all headers of one call) the server accepts;
+ * larger is refused by gRPC before any handler runs. */
+#define AF_SERVER_MAX_METADATA_BYTES 16384
+
 typedef struct af_server af_server_t;
 /* One in-flight call (unary, client-stream or bidi). */
 typedef struct af_rpc af_rpc_t;

@@ -81,6 +81,13 @@ static bool walk(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
       goto bad;
     uint32_t wt = (uint32_t)(key & 7);
     uint64_t tag = key >> 3;
+    if (tag == 0 || tag > 536870911u) {
+      /* protobuf-c keeps such a field as unknown, then cannot read its
+       * own encoding of it back (found by fuzz_decode). */
+      snprintf(why, n, "malformed request: field number %llu is out of range",
+               (unsigned long long)tag);
+      return false;
+    }
     uint64_t skip = 0;
     switch (wt) {
     case 0: {

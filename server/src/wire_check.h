@@ -23,8 +23,9 @@ extern "C" {
  * already decoded successfully) and every nested message. Returns true if
  * each string field is valid UTF-8 without NUL; otherwise false with
  * why[n] = "malformed request: <Message>.<field> is not valid UTF-8" or
- * "... contains a NUL byte". Unknown fields are skipped. desc and buf
- * borrowed. */
+ * "... contains a NUL byte", or "malformed request: field number N is
+ * out of range" for a field number outside 1..2^29-1 (which protobuf-c
+ * accepts). Unknown fields are skipped. desc and buf borrowed. */
 bool af_wire_strings_valid(const ProtobufCMessageDescriptor *desc,
                            const uint8_t *buf, size_t len, char *why, size_t n);
 

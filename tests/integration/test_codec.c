@@ -99,6 +99,23 @@ static void walk_names_the_bad_field(void **state)
       "malformed request: cannot decode antifragility.v1.ReportOutcomeRequest");
 }
 
+/* Regression (fuzz_decode): protobuf-c accepts field number 0 written as
+ * a non-minimal varint (0x80 0x00), keeps it as an unknown field and then
+ * cannot decode its own re-encoding. The server refuses it up front. */
+static void walk_refuses_field_number_zero(void **state)
+{
+  (void)state;
+  const ProtobufCMessageDescriptor *d =
+      &antifragility__v1__report_outcome_request__descriptor;
+  const uint8_t crash[] = {0x80, 0x00, 0x00};
+  ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, sizeof crash, crash);
+  char why[256];
+  assert_false(af_wire_strings_valid(d, crash, sizeof crash, why, sizeof why));
+  assert_string_equal(why, "malformed request: field number 0 is out of range");
+  if (m != NULL)
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
 static void walk_descends_into_nested_messages(void **state)
 {
   (void)state;
@@ -131,6 +148,7 @@ int main(void)
       cmocka_unit_test(utf8_accepts_every_valid_length),
       cmocka_unit_test(utf8_refuses_overlong_surrogates_and_truncation),
       cmocka_unit_test(walk_names_the_bad_field),
+      cmocka_unit_test(walk_refuses_field_number_zero),
       cmocka_unit_test(walk_descends_into_nested_messages),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);

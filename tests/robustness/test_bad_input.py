@@ -357,6 +357,27 @@ def main():
                        " ".join(s.split("]")[-1].strip()
                                 for s in status_line)[:60], ""))
         r.cases += 2
+        # Request metadata beyond the server's limit (16 KiB), and far
+        # beyond it (gRPC drops that connection; others carry on).
+        for size, want in ((20000, SC.RESOURCE_EXHAUSTED), (100000, None)):
+            r.cases += 1
+            own = grpc.insecure_channel(  # its connection may be dropped
+                afd.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            try:
+                own.unary_unary("/antifragility.v1.BreakerService/GetBreaker")(
+                    req, timeout=CALL_TIMEOUT, metadata=[("x-big", "a" * size)])
+                code, details = SC.OK, ""
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+            finally:
+                own.close()
+            r.rows.append(("GetBreaker", "metadata:%d" % size, code.name,
+                           details[:90]))
+            if want is not None and code != want:
+                r.failures.append("metadata %d: expected %s, got %s" % (
+                    size, want.name, code.name))
+            if code == SC.OK:
+                r.failures.append("metadata %d was accepted" % size)
         if r.digest() != before:
             r.failures.append("raw HTTP/2 cases changed the state")
         # Still serving, still the same state.
