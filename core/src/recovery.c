@@ -1171,5 +1171,10 @@ void af_recovery_metrics(af_recovery_t *r, af_recovery_metrics_t *out)
     if (is_active(r->tasks[i]))
       active++;
   out->active = active;
+  out->budget_remaining = -1;
+  if (r->budget_rate > 0.0) {
+    budget_refill(r, af_clock_mono_ns(r->clock));
+    out->budget_remaining = (int64_t)floor(r->budget_tokens);
+  }
   pthread_mutex_unlock(&r->mu);
 }

@@ -318,6 +318,9 @@ typedef struct {
   uint64_t stale_completions;
   uint64_t breaker_errors; /* set_breaker calls that failed */
   size_t active;           /* SCHEDULED + IN_PROGRESS + AWAITING_MANUAL */
+  /* Whole attempts the retry budget allows right now (tokens refilled to
+   * the current time, rounded down); -1 when the budget is off. */
+  int64_t budget_remaining;
 } af_recovery_metrics_t;
 
 /* Copies the counters. Cannot fail (NULL arguments: no-op). */

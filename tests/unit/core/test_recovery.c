@@ -457,6 +457,7 @@ static void immediate_attempt_opens_half_then_closes_breaker(void **state)
   assert_int_equal(m.succeeded, 1);
   assert_int_equal(m.failed, 0);
   assert_int_equal(m.active, 0);
+  assert_int_equal(m.budget_remaining, -1); /* no budget configured */
 }
 
 static void default_policy_first_attempt_due_after_initial_delay(void **state)
@@ -1026,6 +1027,7 @@ static void retry_budget_defers_attempts_instead_of_dropping(void **state)
   af_recovery_metrics(fx->r, &m);
   assert_int_equal(m.budget_deferrals, 2);
   assert_int_equal(m.attempts, 1);
+  assert_int_equal(m.budget_remaining, 0);
 
   af_manual_clock_advance_ms(fx->mc, 499);
   af_recovery_tick(fx->r);
@@ -1041,6 +1043,10 @@ static void retry_budget_defers_attempts_instead_of_dropping(void **state)
   assert_int_equal(m.attempts, 3);
   assert_int_equal(m.succeeded, 3);
   assert_int_equal(m.budget_deferrals, 3);
+  assert_int_equal(m.budget_remaining, 0);
+  af_manual_clock_advance_ms(fx->mc, 5000); /* refills up to the burst */
+  af_recovery_metrics(fx->r, &m);
+  assert_int_equal(m.budget_remaining, 1);
 
   /* operator execution bypasses the empty budget */
   af_recovery_schedule(fx->r, "d", 0, &p, NULL, NULL, NULL);
