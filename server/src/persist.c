@@ -4,7 +4,11 @@
  *
  * Tables (schema in store.c): breakers (one row per registered breaker:
  * config + operator-forced state), chaos_audit (one row per chaos event:
- * who, what, when, why), chaos_active (the scenarios active right now).
+ * who, what, when, why), chaos_active (the scenarios active right now),
+ * recovery_policies (one row per service with its own policy, written by
+ * af_persist_recovery_policy from SetRecoveryPolicy), recovery_history (one
+ * row per finished recovery task; all of it is kept on disk, the newest
+ * PERSIST_HISTORY_RESTORE come back into the engine's bounded history).
  *
  * Why an engine listener: every change to breakers and chaos, whatever
  * RPC or timer caused it, is published by the engine, so persistence needs
@@ -65,6 +69,27 @@ static const char SQL_ACTIVE_END[] =
     " restart', 'activated by ' || actor FROM chaos_active"
     " ORDER BY started_ns";
 static const char SQL_ACTIVE_CLEAR[] = "DELETE FROM chaos_active";
+static const char SQL_POLICY_PUT[] =
+    "INSERT OR REPLACE INTO recovery_policies (service, strategy,"
+    " max_retry_attempts, backoff_multiplier, initial_delay_ms, max_delay_ms,"
+    " jitter, probe, probe_target, probe_service, probe_timeout_ms,"
+    " updated_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+static const char SQL_POLICY_ALL[] =
+    "SELECT service, strategy, max_retry_attempts, backoff_multiplier,"
+    " initial_delay_ms, max_delay_ms, jitter, probe, probe_target,"
+    " probe_service, probe_timeout_ms FROM recovery_policies ORDER BY service";
+static const char SQL_HISTORY_PUT[] =
+    "INSERT OR IGNORE INTO recovery_history (task_id, service, state,"
+    " attempts, duration_ms, finished_ns, message)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+static const char SQL_HISTORY_LAST[] =
+    "SELECT task_id, service, state, attempts, duration_ms, finished_ns,"
+    " message FROM (SELECT * FROM recovery_history ORDER BY id DESC LIMIT ?1)"
+    " ORDER BY id";
+
+/* Finished recoveries put back into the engine's history at start (its
+ * default history_size). */
+#define PERSIST_HISTORY_RESTORE 100
 
 /* ---- jobs ------------------------------------------------------------- */
 
@@ -73,6 +98,8 @@ typedef enum {
   J_BREAKER_DELETE,
   J_BREAKER_FORCED,
   J_CHAOS,
+  J_POLICY,
+  J_HISTORY,
 } job_kind_t;
 
 typedef struct {
@@ -88,6 +115,9 @@ typedef struct {
   af_chaos_scenario_t sc;
   char actor[AF_NAME_MAX + 1];
   char chaos_reason[AF_CHAOS_REASON_MAX + 1];
+  /* J_POLICY (name = service) / J_HISTORY */
+  af_recovery_policy_t policy;
+  af_recovery_result_t result;
 } job_t;
 
 static af_status_t step_done(af_store_conn_t *c, sqlite3_stmt *st,
@@ -225,6 +255,47 @@ static af_status_t chaos_write(af_store_conn_t *c, const job_t *j,
   return AF_OK;
 }
 
+static af_status_t policy_write(af_store_conn_t *c, const job_t *j,
+                                af_error_t *err)
+{
+  const af_recovery_policy_t *p = &j->policy;
+  sqlite3_stmt *st = af_store_stmt(c, SQL_POLICY_PUT, err);
+  if (st == NULL) {
+    return AF_EIO;
+  }
+  sqlite3_bind_text(st, 1, j->name, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 2, (int)p->strategy);
+  sqlite3_bind_int64(st, 3, p->max_retry_attempts);
+  sqlite3_bind_double(st, 4, p->backoff_multiplier);
+  sqlite3_bind_int64(st, 5, p->initial_delay_ms);
+  sqlite3_bind_int64(st, 6, p->max_delay_ms);
+  sqlite3_bind_int(st, 7, (int)p->jitter);
+  sqlite3_bind_int(st, 8, (int)p->probe);
+  sqlite3_bind_text(st, 9, p->probe_target, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 10, p->probe_service, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 11, (sqlite3_int64)p->probe_timeout_ms);
+  sqlite3_bind_int64(st, 12, j->wall_ns);
+  return step_done(c, st, err, "cannot write recovery policy");
+}
+
+static af_status_t history_write(af_store_conn_t *c, const job_t *j,
+                                 af_error_t *err)
+{
+  const af_recovery_result_t *r = &j->result;
+  sqlite3_stmt *st = af_store_stmt(c, SQL_HISTORY_PUT, err);
+  if (st == NULL) {
+    return AF_EIO;
+  }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)r->task_id);
+  sqlite3_bind_text(st, 2, r->service, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 3, (int)r->state);
+  sqlite3_bind_int64(st, 4, r->attempts);
+  sqlite3_bind_int64(st, 5, (sqlite3_int64)r->duration_ms);
+  sqlite3_bind_int64(st, 6, r->finished_wall_ns);
+  sqlite3_bind_text(st, 7, r->message, -1, SQLITE_STATIC);
+  return step_done(c, st, err, "cannot write recovery history");
+}
+
 static af_status_t job_run(af_store_conn_t *c, void *ctx, af_error_t *err)
 {
   const job_t *j = ctx;
@@ -250,17 +321,34 @@ static af_status_t job_run(af_store_conn_t *c, void *ctx, af_error_t *err)
     return step_done(c, st, err, "cannot write breaker state");
   case J_CHAOS:
     return chaos_write(c, j, err);
+  case J_POLICY:
+    return policy_write(c, j, err);
+  case J_HISTORY:
+    return history_write(c, j, err);
   }
   return AF_EINTERNAL;
+}
+
+static const char *job_what(const job_t *j)
+{
+  switch (j->kind) {
+  case J_CHAOS:
+    return "chaos audit";
+  case J_POLICY:
+    return "recovery policy";
+  case J_HISTORY:
+    return "recovery history";
+  default:
+    return "breaker";
+  }
 }
 
 static void job_done(af_status_t st, const af_error_t *err, void *ctx)
 {
   job_t *j = ctx;
   if (st != AF_OK) {
-    af_log(AF_LOG_ERROR, "store: lost a %s write (%s): %s",
-           j->kind == J_CHAOS ? "chaos audit" : "breaker", j->name,
-           err != NULL ? err->message : af_status_str(st));
+    af_log(AF_LOG_ERROR, "store: lost a %s write (%s): %s", job_what(j),
+           j->name, err != NULL ? err->message : af_status_str(st));
   }
   af_free(j);
 }
@@ -270,8 +358,7 @@ static void queue_job(af_app_t *app, job_t *j)
   af_status_t st = af_store_write(app->store, job_run, job_done, j);
   if (st != AF_OK) {
     af_log(st == AF_ESHUTDOWN ? AF_LOG_DEBUG : AF_LOG_ERROR,
-           "store: %s write for %s not queued: %s",
-           j->kind == J_CHAOS ? "chaos audit" : "breaker", j->name,
+           "store: %s write for %s not queued: %s", job_what(j), j->name,
            af_status_str(st));
     af_free(j);
   }
@@ -366,6 +453,42 @@ static void on_chaos(af_app_t *app, const af_chaos_event_t *ev)
   queue_job(app, j);
 }
 
+/* A task turned final: its result is in the engine's history now (the
+ * core records it before publishing); save that entry. A final task may be
+ * published more than once: the row's UNIQUE (task_id, finished_ns) keeps
+ * one. */
+static void on_recovery(af_app_t *app, const af_recovery_task_t *t)
+{
+  if (!af_recovery_state_is_final(t->state)) {
+    return;
+  }
+  af_recovery_result_t *hist = NULL;
+  size_t n = 0;
+  if (af_recovery_history(af_engine_recovery(app->engine), &hist, &n) !=
+      AF_OK) {
+    af_log(AF_LOG_ERROR, "store: out of memory, recovery of %s not saved",
+           t->service);
+    return;
+  }
+  for (size_t i = n; i-- > 0;) {
+    if (hist[i].task_id != t->id) {
+      continue;
+    }
+    job_t *j = af_calloc(1, sizeof(*j));
+    if (j == NULL) {
+      af_log(AF_LOG_ERROR, "store: out of memory, recovery of %s not saved",
+             t->service);
+      break;
+    }
+    j->kind = J_HISTORY;
+    j->result = hist[i];
+    snprintf(j->name, sizeof j->name, "%s", t->service);
+    queue_job(app, j);
+    break;
+  }
+  af_free(hist);
+}
+
 static void on_event(const af_engine_event_t *ev, void *ctx)
 {
   af_app_t *app = ctx;
@@ -373,7 +496,28 @@ static void on_event(const af_engine_event_t *ev, void *ctx)
     on_breaker(app, ev->breaker);
   } else if (ev->kind == AF_ENGINE_EV_CHAOS) {
     on_chaos(app, ev->chaos);
+  } else if (ev->kind == AF_ENGINE_EV_RECOVERY) {
+    on_recovery(app, ev->task);
   }
+}
+
+void af_persist_recovery_policy(af_app_t *app, const char *service,
+                                const af_recovery_policy_t *p)
+{
+  if (app->store == NULL || service == NULL || p == NULL) {
+    return;
+  }
+  job_t *j = af_calloc(1, sizeof(*j));
+  if (j == NULL) {
+    af_log(AF_LOG_ERROR, "store: out of memory, policy of %s not saved",
+           service);
+    return;
+  }
+  j->kind = J_POLICY;
+  j->policy = *p;
+  j->wall_ns = af_clock_wall_ns(af_engine_clock(app->engine));
+  snprintf(j->name, sizeof j->name, "%s", service);
+  queue_job(app, j);
 }
 
 af_status_t af_persist_attach(af_app_t *app)
@@ -468,6 +612,128 @@ static af_status_t read_breakers(af_store_conn_t *c, void *ctx, af_error_t *err)
 }
 
 typedef struct {
+  char service[AF_NAME_MAX + 1];
+  af_recovery_policy_t p;
+} saved_policy_t;
+
+typedef struct {
+  saved_policy_t *policies;
+  size_t n_policies, cap_policies;
+  af_recovery_result_t *results;
+  size_t n_results, cap_results;
+} saved_recovery_t;
+
+/* Room for one more of size bytes in *arr (n used, *cap allocated);
+ * NULL on ENOMEM (*arr kept). */
+static void *grow(void *arr, size_t n, size_t *cap, size_t size)
+{
+  if (n < *cap) {
+    return arr;
+  }
+  size_t c = *cap == 0 ? 16 : *cap * 2;
+  void *p = af_realloc(arr, c * size);
+  if (p != NULL) {
+    *cap = c;
+  }
+  return p;
+}
+
+static af_status_t read_recovery(af_store_conn_t *c, void *ctx, af_error_t *err)
+{
+  saved_recovery_t *r = ctx;
+  sqlite3_stmt *st = af_store_stmt(c, SQL_POLICY_ALL, err);
+  if (st == NULL) {
+    return AF_EIO;
+  }
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    saved_policy_t *arr =
+        grow(r->policies, r->n_policies, &r->cap_policies, sizeof(*arr));
+    if (arr == NULL) {
+      sqlite3_reset(st);
+      return af_error_set(err, AF_ENOMEM, "out of memory");
+    }
+    r->policies = arr;
+    saved_policy_t *sp = &arr[r->n_policies++];
+    memset(sp, 0, sizeof(*sp));
+    af_recovery_policy_init(&sp->p);
+    copy_col(sp->service, sizeof sp->service, st, 0);
+    sp->p.strategy = (af_recovery_strategy_t)sqlite3_column_int(st, 1);
+    sp->p.max_retry_attempts = (uint32_t)sqlite3_column_int64(st, 2);
+    sp->p.backoff_multiplier = sqlite3_column_double(st, 3);
+    sp->p.initial_delay_ms = sqlite3_column_int64(st, 4);
+    sp->p.max_delay_ms = sqlite3_column_int64(st, 5);
+    sp->p.jitter = (af_recovery_jitter_t)sqlite3_column_int(st, 6);
+    sp->p.probe = (af_probe_kind_t)sqlite3_column_int(st, 7);
+    copy_col(sp->p.probe_target, sizeof sp->p.probe_target, st, 8);
+    copy_col(sp->p.probe_service, sizeof sp->p.probe_service, st, 9);
+    sp->p.probe_timeout_ms = (uint64_t)sqlite3_column_int64(st, 10);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    return af_store_fail(c, err, "cannot read recovery policies");
+  }
+  st = af_store_stmt(c, SQL_HISTORY_LAST, err);
+  if (st == NULL) {
+    return AF_EIO;
+  }
+  sqlite3_bind_int(st, 1, PERSIST_HISTORY_RESTORE);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    af_recovery_result_t *arr =
+        grow(r->results, r->n_results, &r->cap_results, sizeof(*arr));
+    if (arr == NULL) {
+      sqlite3_reset(st);
+      return af_error_set(err, AF_ENOMEM, "out of memory");
+    }
+    r->results = arr;
+    af_recovery_result_t *res = &arr[r->n_results++];
+    memset(res, 0, sizeof(*res));
+    res->task_id = (uint64_t)sqlite3_column_int64(st, 0);
+    copy_col(res->service, sizeof res->service, st, 1);
+    res->state = (af_recovery_state_t)sqlite3_column_int(st, 2);
+    res->attempts = (uint32_t)sqlite3_column_int64(st, 3);
+    res->duration_ms = (uint64_t)sqlite3_column_int64(st, 4);
+    res->finished_wall_ns = sqlite3_column_int64(st, 5);
+    copy_col(res->message, sizeof res->message, st, 6);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    return af_store_fail(c, err, "cannot read recovery history");
+  }
+  return AF_OK;
+}
+
+/* Policies and history back into the engine. */
+static af_status_t restore_recovery(af_app_t *app, size_t *n_policies,
+                                    size_t *n_results, af_error_t *err)
+{
+  saved_recovery_t r;
+  memset(&r, 0, sizeof(r));
+  af_status_t st = af_store_read_wait(app->store, read_recovery, &r, err);
+  af_recovery_t *rec = af_engine_recovery(app->engine);
+  *n_policies = 0;
+  for (size_t i = 0; st == AF_OK && i < r.n_policies; i++) {
+    af_error_t e;
+    af_error_clear(&e);
+    if (af_recovery_set_policy(rec, r.policies[i].service, &r.policies[i].p,
+                               &e) != AF_OK) {
+      af_log(AF_LOG_WARN, "store: recovery policy of %s not restored: %s",
+             r.policies[i].service, e.message);
+      continue;
+    }
+    (*n_policies)++;
+  }
+  *n_results = 0;
+  if (st == AF_OK &&
+      af_recovery_history_restore(rec, r.results, r.n_results) == AF_OK) {
+    *n_results = r.n_results;
+  }
+  af_free(r.policies);
+  af_free(r.results);
+  return st;
+}
+
+typedef struct {
   int64_t now_ns;
   int ended;
 } end_chaos_t;
@@ -529,14 +795,22 @@ af_status_t af_persist_restore(af_app_t *app, af_error_t *err)
   if (st != AF_OK) {
     return st;
   }
+  size_t n_policies = 0;
+  size_t n_results = 0;
+  st = restore_recovery(app, &n_policies, &n_results, err);
+  if (st != AF_OK) {
+    return st;
+  }
   end_chaos_t e = {af_clock_wall_ns(af_engine_clock(app->engine)), 0};
   st = af_store_write_wait(app->store, end_active_chaos, &e, err);
   if (st != AF_OK) {
     return st;
   }
   af_log(AF_LOG_INFO,
-         "store %s: restored %zu breaker(s) (%zu forced); %d chaos "
-         "scenario(s) ended by the restart",
-         af_store_path(app->store), restored, forced, e.ended);
+         "store %s: restored %zu breaker(s) (%zu forced), %zu recovery "
+         "policy(ies), %zu recovery result(s); %d chaos scenario(s) ended by "
+         "the restart",
+         af_store_path(app->store), restored, forced, n_policies, n_results,
+         e.ended);
   return AF_OK;
 }

@@ -17,6 +17,7 @@
 #ifndef AF_PERSIST_H
 #define AF_PERSIST_H
 
+#include "af/recovery.h"
 #include "af/status.h"
 
 #ifdef __cplusplus
@@ -27,7 +28,10 @@ typedef struct af_app af_app_t;
 
 /* Brings the persisted state back into app->engine (app->store must be
  * open): every breaker with its config, CLOSED unless it was forced by an
- * operator (chaos force-opens are not restored); every chaos scenario that
+ * operator (chaos force-opens are not restored); every service's recovery
+ * policy; the newest finished recoveries into the engine's history (tasks
+ * that were still active are not re-scheduled: an open breaker with a
+ * probing policy schedules one again by itself); every chaos scenario that
  * was active is recorded in the audit log as ended by the restart and not
  * re-activated. AF_OK, or the store's error (err says which table). */
 af_status_t af_persist_restore(af_app_t *app, af_error_t *err);
@@ -38,6 +42,12 @@ af_status_t af_persist_attach(af_app_t *app);
 
 /* Unsubscribes it. Idempotent. */
 void af_persist_detach(af_app_t *app);
+
+/* A recovery policy was set for service (both borrowed): queue it for the
+ * store (the core publishes no event for policies). Never blocks; any
+ * thread. No-op without a store. */
+void af_persist_recovery_policy(af_app_t *app, const char *service,
+                                const af_recovery_policy_t *p);
 
 #ifdef __cplusplus
 }

@@ -140,6 +140,30 @@ static const char *const migrations[AF_STORE_SCHEMA_VERSION] = {
     "  started_ns INTEGER NOT NULL,"
     "  expires_ns INTEGER NOT NULL,"
     "  actor TEXT NOT NULL);",
+    /* 2: recovery policies and the history of finished recoveries. */
+    "CREATE TABLE recovery_policies ("
+    "  service TEXT PRIMARY KEY,"
+    "  strategy INTEGER NOT NULL,"
+    "  max_retry_attempts INTEGER NOT NULL,"
+    "  backoff_multiplier REAL NOT NULL,"
+    "  initial_delay_ms INTEGER NOT NULL,"
+    "  max_delay_ms INTEGER NOT NULL,"
+    "  jitter INTEGER NOT NULL,"
+    "  probe INTEGER NOT NULL,"
+    "  probe_target TEXT NOT NULL,"
+    "  probe_service TEXT NOT NULL,"
+    "  probe_timeout_ms INTEGER NOT NULL,"
+    "  updated_ns INTEGER NOT NULL);"
+    "CREATE TABLE recovery_history ("
+    "  id INTEGER PRIMARY KEY,"
+    "  task_id INTEGER NOT NULL,"
+    "  service TEXT NOT NULL,"
+    "  state INTEGER NOT NULL," /* af_recovery_state_t */
+    "  attempts INTEGER NOT NULL,"
+    "  duration_ms INTEGER NOT NULL,"
+    "  finished_ns INTEGER NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  UNIQUE (task_id, finished_ns));",
 };
 
 /* ---- connections ------------------------------------------------------- */

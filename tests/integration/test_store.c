@@ -43,10 +43,12 @@
 #include "antifragility/v1/breaker.pb-c.h"
 #include "antifragility/v1/chaos.pb-c.h"
 #include "antifragility/v1/metering.pb-c.h"
+#include "antifragility/v1/recovery.pb-c.h"
 
 #define MSVC "/antifragility.v1.MeteringService/"
 #define BSVC "/antifragility.v1.BreakerService/"
 #define CSVC "/antifragility.v1.ChaosService/"
+#define RSVC "/antifragility.v1.RecoveryService/"
 #define TIMEOUT_MS 10000
 /* 2026-01-01T00:00:00Z */
 #define DAY0 INT64_C(1767225600)
@@ -338,6 +340,46 @@ static size_t active_scenarios(af_tc_t *c)
   return n;
 }
 
+static void set_policy(af_tc_t *c, const char *service, uint32_t attempts)
+{
+  Antifragility__V1__RecoveryPolicy pol;
+  antifragility__v1__recovery_policy__init(&pol);
+  Google__Protobuf__UInt32Value mra;
+  google__protobuf__uint32_value__init(&mra);
+  mra.value = attempts;
+  pol.max_retry_attempts = &mra;
+  Google__Protobuf__Duration initial;
+  google__protobuf__duration__init(&initial);
+  initial.nanos = 250000000;
+  pol.initial_delay = &initial;
+  pol.strategy =
+      ANTIFRAGILITY__V1__RECOVERY_STRATEGY__RECOVERY_STRATEGY_LINEAR_BACKOFF;
+  Antifragility__V1__SetRecoveryPolicyRequest req =
+      ANTIFRAGILITY__V1__SET_RECOVERY_POLICY_REQUEST__INIT;
+  req.service_name = (char *)service;
+  req.policy = &pol;
+  unary_ok(c, RSVC "SetRecoveryPolicy", &req.base,
+           &antifragility__v1__set_recovery_policy_response__descriptor);
+}
+
+/* A MANUAL recovery of service, cancelled: one CANCELLED result. */
+static void recovery_cancelled(af_tc_t *c, const char *service)
+{
+  Antifragility__V1__ScheduleRecoveryRequest sreq =
+      ANTIFRAGILITY__V1__SCHEDULE_RECOVERY_REQUEST__INIT;
+  sreq.service_name = (char *)service;
+  sreq.strategy =
+      ANTIFRAGILITY__V1__RECOVERY_STRATEGY__RECOVERY_STRATEGY_MANUAL;
+  unary_ok(c, RSVC "ScheduleRecovery", &sreq.base,
+           &antifragility__v1__schedule_recovery_response__descriptor);
+  Antifragility__V1__CancelRecoveryRequest creq =
+      ANTIFRAGILITY__V1__CANCEL_RECOVERY_REQUEST__INIT;
+  creq.service_name = (char *)service;
+  creq.reason = (char *)"not needed";
+  unary_ok(c, RSVC "CancelRecovery", &creq.base,
+           &antifragility__v1__cancel_recovery_response__descriptor);
+}
+
 /* ---- restart ----------------------------------------------------------- */
 
 static void
@@ -381,6 +423,8 @@ restart_brings_back_breakers_usage_and_audit_but_not_chaos(void **state)
   unary_ok(c, CSVC "DeactivateScenario", &dreq.base,
            &antifragility__v1__deactivate_scenario_response__descriptor);
   force_open(c, "search");
+  set_policy(c, "payments", 7);
+  recovery_cancelled(c, "search");
   ProtobufCMessage *hold = NULL;
   assert_int_equal(get_breaker(c, "search", &hold)->state,
                    ANTIFRAGILITY__V1__BREAKER_STATE__BREAKER_STATE_FORCED_OPEN);
@@ -418,6 +462,42 @@ restart_brings_back_breakers_usage_and_audit_but_not_chaos(void **state)
                   NULL, NULL, TIMEOUT_MS),
       GRPC_STATUS_NOT_FOUND);
   assert_int_equal(active_scenarios(c), 0);
+
+  /* Recovery: the policy and the finished task's result are back. */
+  Antifragility__V1__GetRecoveryPolicyRequest preq =
+      ANTIFRAGILITY__V1__GET_RECOVERY_POLICY_REQUEST__INIT;
+  preq.service_name = (char *)"payments";
+  r = NULL;
+  assert_int_equal(
+      af_tc_unary(c, RSVC "GetRecoveryPolicy", &preq.base,
+                  &antifragility__v1__get_recovery_policy_response__descriptor,
+                  &r, NULL, NULL, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  Antifragility__V1__GetRecoveryPolicyResponse *pr =
+      (Antifragility__V1__GetRecoveryPolicyResponse *)r;
+  assert_false(pr->is_default);
+  assert_int_equal(pr->policy->max_retry_attempts->value, 7);
+  assert_int_equal(
+      pr->policy->strategy,
+      ANTIFRAGILITY__V1__RECOVERY_STRATEGY__RECOVERY_STRATEGY_LINEAR_BACKOFF);
+  assert_int_equal(pr->policy->initial_delay->nanos, 250000000);
+  free_msg(r);
+  Antifragility__V1__GetRecoveryStatusRequest sreq =
+      ANTIFRAGILITY__V1__GET_RECOVERY_STATUS_REQUEST__INIT;
+  r = NULL;
+  assert_int_equal(
+      af_tc_unary(c, RSVC "GetRecoveryStatus", &sreq.base,
+                  &antifragility__v1__get_recovery_status_response__descriptor,
+                  &r, NULL, NULL, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  Antifragility__V1__GetRecoveryStatusResponse *rs =
+      (Antifragility__V1__GetRecoveryStatusResponse *)r;
+  assert_int_equal(rs->n_recent_results, 1);
+  assert_string_equal(rs->recent_results[0]->service_name, "search");
+  assert_int_equal(rs->recent_results[0]->state,
+                   ANTIFRAGILITY__V1__RECOVERY_STATE__RECOVERY_STATE_CANCELLED);
+  free_msg(r);
+
   assert_int_equal(usage_count(c, "acme"), 25);
   assert_int_equal(record(c, "acme", "ev-7", &dup, NULL, TIMEOUT_MS),
                    GRPC_STATUS_OK);
@@ -911,6 +991,44 @@ static void newer_schema_is_refused_not_overwritten(void **state)
   dir_remove(&d);
 }
 
+static void older_schema_is_migrated_in_place(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  af_test_server_t *ts = start_on(&d);
+  af_tc_t *c = af_tc_connect(af_ts_port(ts));
+  assert_int_equal(record(c, "acme", "kept", NULL, NULL, TIMEOUT_MS),
+                   GRPC_STATUS_OK);
+  af_tc_close(c);
+  af_ts_stop(ts);
+  /* Make it a version-1 database (before the recovery tables). */
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open(d.db, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db,
+                                "DROP TABLE recovery_policies; DROP TABLE "
+                                "recovery_history; PRAGMA user_version = 1",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+
+  ts = start_on(&d);
+  c = af_tc_connect(af_ts_port(ts));
+  set_policy(c, "svc", 3); /* needs the version-2 table */
+  bool dup = false;
+  assert_int_equal(record(c, "acme", "kept", &dup, NULL, TIMEOUT_MS),
+                   GRPC_STATUS_OK);
+  assert_true(dup);
+  af_tc_close(c);
+  af_ts_stop(ts);
+  db = db_open(&d);
+  assert_int_equal(db_int(db, "PRAGMA user_version", NULL, NULL), 2);
+  assert_int_equal(
+      db_int(db, "SELECT count(*) FROM recovery_policies", NULL, NULL), 1);
+  sqlite3_close(db);
+  dir_remove(&d);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -924,6 +1042,7 @@ int main(void)
           unwritable_dir_mid_run_fails_rpcs_keeps_acknowledged_and_serves),
       cmocka_unit_test(corrupt_store_keeps_serving_and_metering_says_why),
       cmocka_unit_test(newer_schema_is_refused_not_overwritten),
+      cmocka_unit_test(older_schema_is_migrated_in_place),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
