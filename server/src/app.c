@@ -267,8 +267,9 @@ void af_app_shutdown(af_app_t *app)
     af_log(AF_LOG_ERROR, "%zu metering event(s) could not be flushed", lost);
   }
   /* Everything queued for the store so far is committed here; changes
-   * made by calls still running until the server stops are not saved. */
-  af_persist_detach(app);
+   * made by calls still running until the server stops are not saved
+   * (the persist listener stays subscribed: unsubscribing races with
+   * engine events from CQ threads; its writes are refused from now on). */
   af_store_shutdown(app->store);
 }
 

@@ -1,10 +1,11 @@
 /*
  * persist.h - what afd keeps across restarts besides metering: breaker
- * registrations and configs, the chaos audit log (and which scenarios were
- * active, so that a restart can end them in the log).
+ * registrations and configs, recovery policies and finished recoveries,
+ * the chaos audit log (and which scenarios were active, so that a restart
+ * can end them in the log).
  *
  * Thread-safety: single-owner (the app's owner thread): restore before the
- * server starts, attach right after, detach after the engine stopped. The
+ * server starts, attach right after, detach once the server stopped. The
  * engine listener that attach installs runs on any thread and never
  * blocks: it only queues write jobs on the store (write-behind, committed
  * by the store's writer in the next group, usually within milliseconds).
