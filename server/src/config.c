@@ -59,6 +59,21 @@ static const opt_t g_opts[] = {
      "[5000]"},
     {"batch-size", "AF_BATCH_SIZE", T_U32, OFF(batch_size), 1, 100000,
      "metering events per store commit at most (group commit) [500]"},
+    {"max-watchers-per-conn", "AF_MAX_WATCHERS_PER_CONN", T_U32,
+     OFF(max_watchers_per_conn), 1, 1000000,
+     "open watch streams allowed per connection [1000]"},
+    {"max-message-bytes", "AF_MAX_MESSAGE_BYTES", T_U32, OFF(max_message_bytes),
+     1024, 67108864, "largest request or response message [4194304]"},
+    {"tls-cert", "AF_TLS_CERT", T_STR, OFF(tls_cert), 0, 0,
+     "PEM server certificate chain: serve TLS [off]"},
+    {"tls-key", "AF_TLS_KEY", T_STR, OFF(tls_key), 0, 0,
+     "PEM private key of --tls-cert"},
+    {"tls-client-ca", "AF_TLS_CLIENT_CA", T_STR, OFF(tls_client_ca), 0, 0,
+     "PEM CA that client certificates must chain to (mTLS) [off]"},
+    {"tokens-file", "AF_TOKENS_FILE", T_STR, OFF(tokens_file), 0, 0,
+     "bearer tokens: lines 'identity role token' [off]"},
+    {"insecure-open", "AF_INSECURE_OPEN", T_BOOL, OFF(insecure_open), 0, 0,
+     "allow a non-loopback --listen without --tokens-file"},
 };
 #define N_OPTS (sizeof g_opts / sizeof g_opts[0])
 
@@ -82,6 +97,8 @@ void af_config_init(af_config_t *cfg)
   cfg->shutdown_grace_ms = 2000;
   cfg->drain_ms = 5000;
   cfg->batch_size = 500;
+  cfg->max_watchers_per_conn = 1000;
+  cfg->max_message_bytes = 4u * 1024u * 1024u;
 }
 
 /* Sets one option from text; `who` names the flag or variable. */

@@ -38,6 +38,15 @@ typedef struct {
   uint32_t shutdown_grace_ms;       /* AF_SHUTDOWN_GRACE_MS, 2000 */
   uint32_t drain_ms;   /* --drain-ms, AF_DRAIN_MS, 5000: metering drain */
   uint32_t batch_size; /* --batch-size, AF_BATCH_SIZE, 500: events/commit */
+  /* Security (README "Security"): PEM file paths, "" = none. */
+  char tls_cert[AF_CONFIG_STR_MAX];      /* AF_TLS_CERT */
+  char tls_key[AF_CONFIG_STR_MAX];       /* AF_TLS_KEY */
+  char tls_client_ca[AF_CONFIG_STR_MAX]; /* AF_TLS_CLIENT_CA: mTLS */
+  char tokens_file[AF_CONFIG_STR_MAX];   /* AF_TOKENS_FILE */
+  bool insecure_open; /* AF_INSECURE_OPEN: non-loopback without tokens */
+  /* Limits. */
+  uint32_t max_watchers_per_conn; /* AF_MAX_WATCHERS_PER_CONN, 1000 */
+  uint32_t max_message_bytes;     /* AF_MAX_MESSAGE_BYTES, 4194304 */
 } af_config_t;
 
 /* Fills *cfg with the defaults. Cannot fail. */

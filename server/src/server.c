@@ -115,6 +115,8 @@ struct af_rpc {
   char *pending_msg;
   md_copy_t *md_copies;
   char *peer;
+  char *identity; /* set by the authorizer; NULL = none */
+  int role;
   void *user;
   void (*user_free)(void *);
   bool is_stream;
@@ -130,7 +132,8 @@ struct af_stream {
   bool failed;
   grpc_status_code fail_code;
   char *fail_msg;
-  bool counted; /* in streams_open */
+  bool counted;      /* in streams_open */
+  bool conn_counted; /* in the per-connection count of its peer */
   /* under rpc.mu */
   bool sending, dirty, queued, want_hb;
   bool finish_req, final_fill_done, status_sent, ended;
@@ -149,11 +152,22 @@ typedef struct hook {
   void *ctx;
 } hook_t;
 
+/* Open streams of one connection (keyed by its peer address). */
+typedef struct conn_count {
+  struct conn_count *next;
+  char *peer;
+  uint32_t n;
+} conn_count_t;
+
 struct af_server {
   char *listen_addr;
   int threads;
   uint32_t max_watchers;
+  uint32_t max_watchers_per_conn;
   uint32_t heartbeat_ms;
+  char *tls_cert, *tls_key, *tls_client_ca; /* PEM; NULL = plaintext */
+  af_authorize_fn authorize;
+  void *authorize_ctx;
   char *hash;
   char *hash_prefix;
   uint32_t max_message_bytes;
@@ -187,6 +201,7 @@ struct af_server {
   bool shutdown_tag_done;
   bool dispatch_stop;
   struct af_stream *streams;
+  conn_count_t *conns; /* connections with open streams */
   struct af_stream *q_head, *q_tail;
   tag_t t_shutdown;
 
@@ -274,6 +289,7 @@ static void rpc_free(af_rpc_t *rpc)
   }
   if (rpc->peer)
     gpr_free(rpc->peer);
+  af_free(rpc->identity);
   af_free(rpc->pending_msg);
   struct af_stream *st = as_stream(rpc);
   if (st) {
@@ -550,6 +566,38 @@ const char *af_rpc_peer(af_rpc_t *rpc)
   const char *p = rpc->peer ? rpc->peer : "";
   pthread_mutex_unlock(&rpc->mu);
   return p;
+}
+
+void af_rpc_set_identity(af_rpc_t *rpc, const char *identity, int role)
+{
+  if (!rpc)
+    return;
+  char *copy = identity ? af_strdup(identity) : NULL;
+  pthread_mutex_lock(&rpc->mu);
+  af_free(rpc->identity);
+  rpc->identity = copy;
+  rpc->role = role;
+  pthread_mutex_unlock(&rpc->mu);
+}
+
+const char *af_rpc_identity(af_rpc_t *rpc)
+{
+  if (!rpc)
+    return "";
+  pthread_mutex_lock(&rpc->mu);
+  const char *id = rpc->identity ? rpc->identity : "";
+  pthread_mutex_unlock(&rpc->mu);
+  return id;
+}
+
+int af_rpc_role(af_rpc_t *rpc)
+{
+  if (!rpc)
+    return 0;
+  pthread_mutex_lock(&rpc->mu);
+  int role = rpc->role;
+  pthread_mutex_unlock(&rpc->mu);
+  return role;
 }
 
 const char *af_rpc_method(const af_rpc_t *rpc)
@@ -898,6 +946,8 @@ static void *dispatch_main(void *arg)
 
 static void post_request(af_server_t *srv, method_t *m);
 
+static void conn_remove_locked(af_server_t *srv, struct af_stream *st);
+
 static void on_close(af_rpc_t *rpc, bool ok)
 {
   (void)ok;
@@ -918,6 +968,7 @@ static void on_close(af_rpc_t *rpc, bool ok)
         st->next->prev = st->prev;
       drop_list_ref = true;
     }
+    conn_remove_locked(srv, st);
     pthread_mutex_unlock(&srv->mu);
     if (st->counted) {
       st->counted = false;
@@ -1077,6 +1128,56 @@ static void on_recv_bidi(af_rpc_t *rpc, bool ok)
   rpc_unref(rpc);
 }
 
+/* Counts one more stream on the stream's connection; false (not
+ * counted) past max_watchers_per_conn or out of memory. */
+static bool conn_add(af_server_t *srv, struct af_stream *st)
+{
+  const char *peer = af_rpc_peer(&st->rpc);
+  bool ok = false;
+  pthread_mutex_lock(&srv->mu);
+  conn_count_t *c = srv->conns;
+  while (c && strcmp(c->peer, peer) != 0)
+    c = c->next;
+  if (!c) {
+    c = af_calloc(1, sizeof *c);
+    if (c && !(c->peer = af_strdup(peer))) {
+      af_free(c);
+      c = NULL;
+    }
+    if (c) {
+      c->next = srv->conns;
+      srv->conns = c;
+    }
+  }
+  if (c && c->n < srv->max_watchers_per_conn) {
+    c->n++;
+    ok = true;
+  }
+  pthread_mutex_unlock(&srv->mu);
+  st->conn_counted = ok;
+  return ok;
+}
+
+/* Undoes conn_add; srv->mu held. */
+static void conn_remove_locked(af_server_t *srv, struct af_stream *st)
+{
+  if (!st->conn_counted)
+    return;
+  st->conn_counted = false;
+  const char *peer = st->rpc.peer ? st->rpc.peer : "";
+  for (conn_count_t **p = &srv->conns; *p; p = &(*p)->next) {
+    if (strcmp((*p)->peer, peer) != 0)
+      continue;
+    if (--(*p)->n == 0) {
+      conn_count_t *dead = *p;
+      *p = dead->next;
+      af_free(dead->peer);
+      af_free(dead);
+    }
+    return;
+  }
+}
+
 static void start_server_stream(af_rpc_t *rpc, ProtobufCMessage *req)
 {
   af_server_t *srv = rpc->srv;
@@ -1087,6 +1188,13 @@ static void start_server_stream(af_rpc_t *rpc, ProtobufCMessage *req)
     char msg[96];
     snprintf(msg, sizeof msg, "too many watchers (limit %u)",
              srv->max_watchers);
+    fail_now(rpc, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    return;
+  }
+  if (!conn_add(srv, st)) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "too many watchers on this connection (limit %u)",
+             srv->max_watchers_per_conn);
     fail_now(rpc, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     return;
   }
@@ -1146,6 +1254,15 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
     }
     fail_now(rpc, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
     return;
+  }
+  if (srv->authorize) {
+    char why[256] = "";
+    grpc_status_code code =
+        srv->authorize(rpc, m->path, srv->authorize_ctx, why, sizeof why);
+    if (code != GRPC_STATUS_OK) {
+      fail_now(rpc, code, why);
+      return;
+    }
   }
   if (refuse_hash(rpc))
     return;
@@ -1232,6 +1349,7 @@ void af_server_options_init(af_server_options_t *opt)
   opt->listen_addr = "127.0.0.1:50051";
   opt->threads = 1;
   opt->max_watchers = 10000;
+  opt->max_watchers_per_conn = 1000;
   opt->heartbeat_ms = 15000;
   opt->hash = AF_CONSTITUTIONAL_HASH_DEFAULT;
   opt->hash_method_prefix = "/antifragility.v1.";
@@ -1260,6 +1378,15 @@ static void server_free(af_server_t *srv)
   af_free(srv->listen_addr);
   af_free(srv->hash);
   af_free(srv->hash_prefix);
+  af_free(srv->tls_cert);
+  af_free(srv->tls_key);
+  af_free(srv->tls_client_ca);
+  while (srv->conns) {
+    conn_count_t *n = srv->conns->next;
+    af_free(srv->conns->peer);
+    af_free(srv->conns);
+    srv->conns = n;
+  }
   pthread_cond_destroy(&srv->cv);
   pthread_mutex_destroy(&srv->mu);
   af_free(srv);
@@ -1282,6 +1409,16 @@ af_status_t af_server_create(af_server_t **out, const af_server_options_t *opt,
                         MAX_THREADS);
   if (opt->max_watchers < 1)
     return af_error_set(err, AF_EINVAL, "max_watchers must be >= 1");
+  if (opt->max_watchers_per_conn < 1)
+    return af_error_set(err, AF_EINVAL, "max_watchers_per_conn must be >= 1");
+  if ((opt->tls_cert_pem && opt->tls_cert_pem[0]) !=
+      (opt->tls_key_pem && opt->tls_key_pem[0]))
+    return af_error_set(err, AF_EINVAL,
+                        "TLS needs both a certificate and a private key");
+  if (opt->tls_client_ca_pem && opt->tls_client_ca_pem[0] &&
+      !(opt->tls_cert_pem && opt->tls_cert_pem[0]))
+    return af_error_set(err, AF_EINVAL,
+                        "a client CA (mTLS) needs a server certificate");
   if (opt->max_message_bytes < 1024 || opt->max_message_bytes > INT32_MAX)
     return af_error_set(err, AF_EINVAL,
                         "max_message_bytes must be in 1024..2147483647");
@@ -1306,8 +1443,21 @@ af_status_t af_server_create(af_server_t **out, const af_server_options_t *opt,
     server_free(srv);
     return af_error_set(err, AF_ENOMEM, "out of memory");
   }
+  if (opt->tls_cert_pem && opt->tls_cert_pem[0]) {
+    srv->tls_cert = af_strdup(opt->tls_cert_pem);
+    srv->tls_key = af_strdup(opt->tls_key_pem);
+    if (opt->tls_client_ca_pem && opt->tls_client_ca_pem[0])
+      srv->tls_client_ca = af_strdup(opt->tls_client_ca_pem);
+    if (!srv->tls_cert || !srv->tls_key ||
+        (opt->tls_client_ca_pem && opt->tls_client_ca_pem[0] &&
+         !srv->tls_client_ca)) {
+      server_free(srv);
+      return af_error_set(err, AF_ENOMEM, "out of memory");
+    }
+  }
   srv->threads = opt->threads;
   srv->max_watchers = opt->max_watchers;
+  srv->max_watchers_per_conn = opt->max_watchers_per_conn;
   srv->heartbeat_ms = opt->heartbeat_ms;
   srv->max_message_bytes = opt->max_message_bytes;
   srv->shutdown_grace_ms = opt->shutdown_grace_ms;
@@ -1341,6 +1491,16 @@ af_status_t af_server_create(af_server_t **out, const af_server_options_t *opt,
   srv->grpc_shutdown_called = false;
   grpc_server_register_completion_queue(srv->gs, srv->cq, NULL);
   *out = srv;
+  return AF_OK;
+}
+
+af_status_t af_server_set_authorizer(af_server_t *srv, af_authorize_fn fn,
+                                     void *ctx)
+{
+  if (!srv || atomic_load(&srv->started))
+    return AF_EINVAL;
+  srv->authorize = fn;
+  srv->authorize_ctx = ctx;
   return AF_OK;
 }
 
@@ -1528,7 +1688,21 @@ af_status_t af_server_start(af_server_t *srv, int *bound_port, af_error_t *err)
     return af_error_set(err, AF_EINVAL, "server must not be NULL");
   if (atomic_load(&srv->started))
     return af_error_set(err, AF_ESTATE, "server already started");
-  grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
+  grpc_server_credentials *cr;
+  if (srv->tls_cert) {
+    grpc_ssl_pem_key_cert_pair pair = {srv->tls_key, srv->tls_cert};
+    cr = grpc_ssl_server_credentials_create_ex(
+        srv->tls_client_ca, &pair, 1,
+        srv->tls_client_ca
+            ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+            : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+    if (!cr)
+      return af_error_set(err, AF_EINVAL,
+                          "cannot use the TLS certificate / key");
+  } else {
+    cr = grpc_insecure_server_credentials_create();
+  }
   int port = grpc_server_add_http2_port(srv->gs, srv->listen_addr, cr);
   grpc_server_credentials_release(cr);
   if (port <= 0)

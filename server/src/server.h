@@ -83,6 +83,16 @@ typedef struct {
   /* Open server streams allowed at once; one more is refused with
    * RESOURCE_EXHAUSTED "too many watchers (limit N)". Default 10000. */
   uint32_t max_watchers;
+  /* The same per connection (client address and port): RESOURCE_EXHAUSTED
+   * "too many watchers on this connection (limit N)". Default 1000. */
+  uint32_t max_watchers_per_conn;
+  /* TLS: PEM text (not paths) of the server certificate chain and its
+   * private key; both or neither. With tls_client_ca_pem as well, clients
+   * must present a certificate signed by it (mTLS). NULL / "" = plaintext.
+   * Borrowed (copied). */
+  const char *tls_cert_pem;
+  const char *tls_key_pem;
+  const char *tls_client_ca_pem;
   /* A stream that sent nothing for this long gets fill(heartbeat=true).
    * 0 disables heartbeats. Default 15000. */
   uint32_t heartbeat_ms;
@@ -171,6 +181,20 @@ af_server_add_server_stream(af_server_t *srv, const char *path,
 af_status_t af_server_add_bidi(af_server_t *srv, const char *path,
                                const ProtobufCMessageDescriptor *req_desc,
                                af_bidi_msg_fn on_message, void *ctx);
+
+/* Authorization: runs on a CQ thread for every call to a registered
+ * method, before its request is decoded, the constitutional hash is
+ * checked or a handler runs. Returns GRPC_STATUS_OK to admit the call
+ * (and may record who called with af_rpc_set_identity), or the status to
+ * refuse it with (UNAUTHENTICATED, PERMISSION_DENIED) after writing the
+ * message into msg[cap]. Must not block. */
+typedef grpc_status_code (*af_authorize_fn)(af_rpc_t *rpc, const char *method,
+                                            void *ctx, char *msg, size_t cap);
+
+/* Sets the authorizer (NULL = every call admitted). ctx retained. Owner
+ * thread, before af_server_start; AF_EINVAL after. */
+af_status_t af_server_set_authorizer(af_server_t *srv, af_authorize_fn fn,
+                                     void *ctx);
 
 /* Adds fn(ctx) to the hooks af_server_begin_shutdown runs (in
  * registration order, on the caller's thread) after the server is marked
@@ -264,6 +288,13 @@ const char *af_rpc_metadata(af_rpc_t *rpc, const char *key);
 /* "ipv4:127.0.0.1:54321"-style peer address, owned by the rpc ("" if
  * unknown). */
 const char *af_rpc_peer(af_rpc_t *rpc);
+
+/* Who called, as the authorizer recorded it: identity (copied; "" =
+ * not authenticated) and role (an application value, 0 = none). The
+ * returned string is owned by the rpc, valid until it is answered. */
+void af_rpc_set_identity(af_rpc_t *rpc, const char *identity, int role);
+const char *af_rpc_identity(af_rpc_t *rpc);
+int af_rpc_role(af_rpc_t *rpc);
 
 /* Full method path ("/pkg.Service/Method"), owned by the server. */
 const char *af_rpc_method(const af_rpc_t *rpc);

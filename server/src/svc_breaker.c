@@ -46,6 +46,7 @@
  * is held while calling the engine or the framework.
  */
 #include "app_internal.h"
+#include "auth.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -367,6 +368,11 @@ static void on_register(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   af_status_t st = config_from_pb(req->config, &cfg, &err);
   if (st != AF_OK) {
     af_rpc_fail_status(rpc, st, &err);
+    return;
+  }
+  if (req->update_config &&
+      !af_auth_require(rpc, AF_ROLE_ADMIN,
+                       "RegisterBreaker with update_config")) {
     return;
   }
   af_breaker_t *b = NULL;

@@ -8,7 +8,9 @@
  * file validates the wire request, fills an af_chaos_request_t and maps the
  * results back.
  *
- * Caller identity: the request's `actor` if given, else the peer address
+ * Caller identity: the bearer token's identity (see auth.h), followed by
+ * the request's `actor` in parentheses if it names someone else; without
+ * tokens the request's `actor` if given, else the peer address
  * ("ipv4:127.0.0.1:54321"). Every activation, deactivation, expiry,
  * emergency stop and reset is logged once at INFO from the engine's audit
  * hook (on_chaos_audit, see af_svc_chaos_configure); the proto exposes no
@@ -198,14 +200,28 @@ static bool copy_limited(char *dst, size_t cap, const char *src,
   return true;
 }
 
-/* The caller: the request's actor, else the peer address. */
+/* The caller for the audit trail: the authenticated identity (with the
+ * request's actor after it when one was given: "ci-bot (alice)"), else the
+ * request's actor, else the peer address. */
 static bool fill_actor(char *dst, size_t cap, af_rpc_t *rpc, const char *actor,
                        af_error_t *err)
 {
   if (!copy_limited(dst, cap, actor, "actor", err)) {
     return false;
   }
-  if (dst[0] == '\0') {
+  const char *id = af_rpc_identity(rpc);
+  if (id[0] != '\0') {
+    char claimed[AF_NAME_MAX + 1];
+    snprintf(claimed, sizeof claimed, "%s", dst);
+    if (claimed[0] != '\0' && strcmp(claimed, id) != 0) {
+      int n = snprintf(dst, cap, "%.64s (%s)", id, claimed);
+      if (n >= (int)cap && cap > 1) {
+        dst[cap - 2] = ')'; /* cut the claimed name, keep it readable */
+      }
+    } else {
+      snprintf(dst, cap, "%s", id);
+    }
+  } else if (dst[0] == '\0') {
     snprintf(dst, cap, "%s", af_rpc_peer(rpc));
   }
   return true;

@@ -437,9 +437,13 @@ static bool check_len(const char *s, size_t max, const char *field,
   return true;
 }
 
-/* Who asked: actor if given, else the peer address. */
+/* Who asked: the authenticated identity, else the request's actor, else
+ * the peer address. */
 static const char *caller(af_rpc_t *rpc, const char *actor)
 {
+  const char *id = af_rpc_identity(rpc);
+  if (id[0] != '\0')
+    return id;
   actor = str_or_empty(actor);
   return actor[0] != '\0' ? actor : af_rpc_peer(rpc);
 }
@@ -477,7 +481,7 @@ static void on_set_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   af_persist_recovery_policy(app, q->service_name, &pol); /* store.h */
   af_log(AF_LOG_INFO,
          "recovery policy of %s set by %s: %s, %u attempts, probe %s %s",
-         q->service_name, af_rpc_peer(rpc),
+         q->service_name, caller(rpc, NULL),
          af_recovery_strategy_name(pol.strategy), pol.max_retry_attempts,
          af_probe_kind_name(pol.probe), pol.probe_target);
   pb_policy_t p;
@@ -553,7 +557,7 @@ static void on_schedule(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     return;
   }
   char reason[REASON_WIRE_MAX];
-  snprintf(reason, sizeof reason, "scheduled by %s", af_rpc_peer(rpc));
+  snprintf(reason, sizeof reason, "scheduled by %s", caller(rpc, NULL));
   af_recovery_task_t t;
   af_status_t st =
       af_recovery_schedule(rec_of(app), q->service_name, q->priority,
@@ -563,7 +567,7 @@ static void on_schedule(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     return;
   }
   af_log(AF_LOG_INFO, "recovery of %s scheduled by %s (%s, priority %d)",
-         t.service, af_rpc_peer(rpc),
+         t.service, caller(rpc, NULL),
          af_recovery_strategy_name(t.policy.strategy), t.priority);
   reply_task(app, rpc, &t);
 }
@@ -614,7 +618,7 @@ static void on_execute(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     return;
   }
   af_log(AF_LOG_INFO, "recovery of %s executed by %s (attempt %u)", t.service,
-         af_rpc_peer(rpc), t.attempts);
+         caller(rpc, NULL), t.attempts);
   if (t.state == AF_RECOVERY_IN_PROGRESS) {
     /* The probe runs on the prober: answer when it has finished. */
     pthread_mutex_lock(&svc->mu);
@@ -670,7 +674,7 @@ static void on_cancel(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   if (st == AF_OK) {
     const char *reason = str_or_empty(q->reason);
     af_log(AF_LOG_INFO, "recovery of %s cancelled by %s%s%s", t.service,
-           af_rpc_peer(rpc), reason[0] != '\0' ? ": " : "", reason);
+           caller(rpc, NULL), reason[0] != '\0' ? ": " : "", reason);
   }
   pb_task_t p;
   Antifragility__V1__CancelRecoveryResponse resp =

@@ -309,6 +309,30 @@ af_tc_t *af_tc_connect(int port)
   return c;
 }
 
+af_tc_t *af_tc_connect_with(int port, grpc_channel_credentials *creds)
+{
+  grpc_init();
+  af_tc_t *c = xcalloc(1, sizeof *c);
+  char target[64];
+  snprintf(target, sizeof target, "127.0.0.1:%d", port);
+  grpc_arg arg;
+  memset(&arg, 0, sizeof arg);
+  arg.type = GRPC_ARG_INTEGER;
+  arg.key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+  arg.value.integer = 1;
+  grpc_channel_args args = {1, &arg};
+  grpc_channel_credentials *own = NULL;
+  if (creds == NULL) {
+    own = grpc_insecure_credentials_create();
+    creds = own;
+  }
+  c->ch = grpc_channel_create(target, creds, &args);
+  if (own != NULL) {
+    grpc_channel_credentials_release(own);
+  }
+  return c;
+}
+
 void af_tc_close(af_tc_t *c)
 {
   if (c == NULL) {

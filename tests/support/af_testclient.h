@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
 #include <grpc/status.h>
 #include <protobuf-c/protobuf-c.h>
 
@@ -87,6 +88,11 @@ typedef struct {
 /* An insecure channel to 127.0.0.1:port (connects lazily on the first
  * call). Returns owned (af_tc_close). Never NULL (aborts on OOM). */
 af_tc_t *af_tc_connect(int port);
+
+/* The same with channel credentials (borrowed; NULL = insecure) and a
+ * connection of its own, never shared with other channels of this
+ * process (per-connection limits, TLS). */
+af_tc_t *af_tc_connect_with(int port, grpc_channel_credentials *creds);
 
 /* Destroys the channel. Every stream of c must be closed first. NULL is a
  * no-op. */
