@@ -104,20 +104,24 @@ typedef enum {
 
 typedef struct {
   job_kind_t kind;
-  char name[AF_CHAOS_SCENARIO_NAME_MAX]; /* breaker or scenario */
-  af_breaker_config_t cfg;
+  char name[AF_CHAOS_SCENARIO_NAME_MAX]; /* breaker, scenario or service */
   int64_t wall_ns;
-  int forced;
-  char reason[AF_BREAKER_REASON_MAX + 1];
-  /* J_CHAOS */
-  af_chaos_event_kind_t chaos_kind;
-  bool has_scenario;
-  af_chaos_scenario_t sc;
-  char actor[AF_NAME_MAX + 1];
-  char chaos_reason[AF_CHAOS_REASON_MAX + 1];
-  /* J_POLICY (name = service) / J_HISTORY */
-  af_recovery_policy_t policy;
-  af_recovery_result_t result;
+  union {
+    af_breaker_config_t cfg; /* J_BREAKER_UPSERT */
+    struct {                 /* J_BREAKER_FORCED */
+      int forced;
+      char reason[AF_BREAKER_REASON_MAX + 1];
+    };
+    struct { /* J_CHAOS */
+      af_chaos_event_kind_t chaos_kind;
+      bool has_scenario;
+      af_chaos_scenario_t sc;
+      char actor[AF_NAME_MAX + 1];
+      char chaos_reason[AF_CHAOS_REASON_MAX + 1];
+    };
+    af_recovery_policy_t policy; /* J_POLICY */
+    af_recovery_result_t result; /* J_HISTORY */
+  };
 } job_t;
 
 static af_status_t step_done(af_store_conn_t *c, sqlite3_stmt *st,

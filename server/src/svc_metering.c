@@ -23,9 +23,11 @@
  *
  * Store failures (SQLite: read-only file, disk full, I/O error): a batch
  * the store refuses stays in the meter and is offered again (nothing is
- * lost), but its waiters are answered at once with UNAVAILABLE "metering
- * store cannot write: ..." (they were not acknowledged, so the client
- * retries; the retry is a duplicate if the old batch got in meanwhile).
+ * lost), but its waiters and all those queued behind it are answered at
+ * once with UNAVAILABLE "metering store cannot write: ..." (they were not
+ * acknowledged, so the client retries; the retry is a duplicate if the old
+ * event got in meanwhile, and a waiter is only ever acknowledged by the
+ * commit of an event with its key).
  * While the last write failed, new events are refused the same way
  * instead of piling up behind it; the first successful write clears it.
  * A store that could not be opened at start (app->store_error) refuses
@@ -413,10 +415,12 @@ static void unary_reply(const af_svc_metering_t *svc, waiter_t *w)
 }
 
 /* The store refused a batch: remember why (new events are refused until a
- * write succeeds) and answer the batch's waiters now; the meter keeps the
- * batch and offers it again. */
-static void store_failed(af_svc_metering_t *svc, const af_meter_event_t *events,
-                         size_t n, const char *why)
+ * write succeeds) and answer every waiter now, the batch's and those queued
+ * behind it, instead of letting them wait out their deadlines. The meter
+ * keeps all their events and offers them again; none was acknowledged, so
+ * whether they get in before the clients' retries does not matter (a
+ * retry is then a duplicate). */
+static void store_failed(af_svc_metering_t *svc, const char *why)
 {
   waiter_t *answer = NULL;
   ustream_t *post = NULL;
@@ -424,13 +428,8 @@ static void store_failed(af_svc_metering_t *svc, const af_meter_event_t *events,
   pthread_mutex_lock(&svc->mu);
   snprintf(svc->store_error, sizeof(svc->store_error),
            "metering store cannot write: %.220s", why);
-  for (size_t i = 0; i < n; i++) {
-    waiter_t *w = svc->head;
-    if (w == NULL || strcmp(w->tenant_id, events[i].tenant_id) != 0 ||
-        strcmp(w->event_id, events[i].event_id) != 0) {
-      continue;
-    }
-    fifo_pop(svc);
+  waiter_t *w;
+  while ((w = fifo_pop(svc)) != NULL) {
     if (w->stream == NULL) {
       w->next = answer;
       answer = w;
@@ -485,7 +484,7 @@ static af_status_t sink(const af_meter_event_t *events, size_t n,
     af_log(AF_LOG_ERROR, "metering: cannot store %zu event(s): %s", n,
            err.message);
     af_free(dup);
-    store_failed(svc, events, n, err.message);
+    store_failed(svc, err.message);
     return rc;
   }
 
