@@ -639,6 +639,136 @@ concurrent_duplicates_count_once_and_tenants_count_separately(void **state)
   dir_remove(&d);
 }
 
+/* ---- QueryUsage: SQLite answers exactly like the memory store ---------- */
+
+static bool close_enough(double a, double b)
+{
+  double d = a > b ? a - b : b - a;
+  double m = (a > 0 ? a : -a) + (b > 0 ? b : -b);
+  return d <= 1e-9 * (m > 1 ? m : 1);
+}
+
+static void same_bucket(const Antifragility__V1__UsageBucket *a,
+                        const Antifragility__V1__UsageBucket *b)
+{
+  int64_t sa = a->bucket_start != NULL ? a->bucket_start->seconds : -1;
+  int64_t sb = b->bucket_start != NULL ? b->bucket_start->seconds : -1;
+  assert_int_equal(sa, sb);
+  assert_int_equal(a->operation, b->operation);
+  assert_int_equal(a->tier, b->tier);
+  assert_int_equal(a->count, b->count);
+  assert_int_equal(a->units, b->units);
+  assert_int_equal(a->tokens, b->tokens);
+  assert_int_equal(a->constitutional_invalid, b->constitutional_invalid);
+  assert_true(close_enough(a->latency_sum_ms, b->latency_sum_ms));
+  assert_true(close_enough(a->compliance_avg, b->compliance_avg));
+}
+
+static Antifragility__V1__QueryUsageResponse *
+query_range(af_tc_t *c, int64_t from, int64_t to, int group, int op, int tier)
+{
+  Antifragility__V1__QueryUsageRequest q =
+      ANTIFRAGILITY__V1__QUERY_USAGE_REQUEST__INIT;
+  Google__Protobuf__Timestamp start;
+  Google__Protobuf__Timestamp end;
+  google__protobuf__timestamp__init(&start);
+  google__protobuf__timestamp__init(&end);
+  start.seconds = from;
+  end.seconds = to;
+  q.tenant_id = (char *)"diff";
+  q.start = &start;
+  q.end = &end;
+  q.group_by = (Antifragility__V1__UsageGroupBy)group;
+  q.operation = (Antifragility__V1__MeterableOperation)op;
+  q.tier = (Antifragility__V1__MeteringTier)tier;
+  ProtobufCMessage *r = NULL;
+  af_tc_status_t st;
+  if (af_tc_unary(c, MSVC "QueryUsage", &q.base,
+                  &antifragility__v1__query_usage_response__descriptor, &r, &st,
+                  NULL, TIMEOUT_MS) != GRPC_STATUS_OK) {
+    fail_msg("QueryUsage: %s", st.message);
+  }
+  return (Antifragility__V1__QueryUsageResponse *)r;
+}
+
+static void query_usage_on_sqlite_matches_the_memory_store(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  af_test_server_t *disk = start_on(&d);
+  af_test_server_t *mem = af_ts_start(NULL);
+  af_tc_t *cd = af_tc_connect(af_ts_port(disk));
+  af_tc_t *cm = af_tc_connect(af_ts_port(mem));
+  /* 400 events over three days, every operation and tier, seeded. */
+  uint64_t seed = 42;
+  for (int i = 0; i < 400; i++) {
+    seed = seed * 6364136223846793005u + 1442695040888963407u;
+    uint32_t x = (uint32_t)(seed >> 33);
+    char id[32];
+    snprintf(id, sizeof id, "d-%d", i);
+    ev_t e;
+    ev_init(&e, "diff", id, DAY0 + (int64_t)(x % (3 * 86400)));
+    e.ev.operation = (Antifragility__V1__MeterableOperation)(1 + x % 8);
+    e.ev.tier = (Antifragility__V1__MeteringTier)(1 + (x >> 3) % 4);
+    e.ev.units = 1 + (x >> 5) % 7;
+    e.ev.tokens_processed = (x >> 8) % 1000;
+    e.ev.latency_ms = (double)((x >> 10) % 5000) / 7.0;
+    e.ev.compliance_score = (double)((x >> 12) % 101) / 100.0;
+    e.ev.constitutional_valid = (x >> 20) % 5 != 0;
+    for (int k = 0; k < 2; k++) {
+      ProtobufCMessage *r = NULL;
+      af_tc_status_t st;
+      if (af_tc_unary(k == 0 ? cd : cm, MSVC "RecordUsage", &e.req.base,
+                      &antifragility__v1__record_usage_response__descriptor, &r,
+                      &st, NULL, TIMEOUT_MS) != GRPC_STATUS_OK) {
+        fail_msg("RecordUsage: %s", st.message);
+      }
+      free_msg(r);
+    }
+  }
+  const int64_t ranges[][2] = {
+      {DAY0, DAY0 + 3 * 86400},                /* whole hours only */
+      {DAY0 + 1234, DAY0 + 2 * 86400 + 777},   /* both ends cut */
+      {DAY0 + 3600 + 100, DAY0 + 3600 + 2000}, /* inside one hour */
+      {DAY0 + 7200, DAY0 + 86400 + 59},        /* end cut */
+      {DAY0 - 86400, DAY0 + 10 * 86400},       /* beyond the data */
+      {DAY0 + 500, DAY0 + 500},                /* empty */
+  };
+  const int filters[][2] = {{0, 0}, {3, 0}, {0, 2}, {5, 4}};
+  size_t compared = 0;
+  for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+    for (int g = 0; g <= 4; g++) {
+      for (size_t f = 0; f < sizeof filters / sizeof filters[0]; f++) {
+        Antifragility__V1__QueryUsageResponse *a = query_range(
+            cd, ranges[r][0], ranges[r][1], g, filters[f][0], filters[f][1]);
+        Antifragility__V1__QueryUsageResponse *b = query_range(
+            cm, ranges[r][0], ranges[r][1], g, filters[f][0], filters[f][1]);
+        assert_int_equal(a->n_buckets, b->n_buckets);
+        assert_int_equal(a->truncated, b->truncated);
+        same_bucket(a->total, b->total);
+        for (size_t i = 0; i < a->n_buckets; i++) {
+          same_bucket(a->buckets[i], b->buckets[i]);
+        }
+        compared += a->n_buckets;
+        free_msg(a);
+        free_msg(b);
+      }
+    }
+  }
+  assert_true(compared > 100);
+  /* And the totals equal what was sent. */
+  Antifragility__V1__QueryUsageResponse *all =
+      query_range(cd, DAY0, DAY0 + 3 * 86400, 0, 0, 0);
+  assert_int_equal(all->total->count, 400);
+  free_msg(all);
+  af_tc_close(cd);
+  af_tc_close(cm);
+  af_ts_stop(disk);
+  af_ts_stop(mem);
+  dir_remove(&d);
+}
+
 /* ---- crash (kill -9) ---------------------------------------------------- */
 
 typedef struct {
@@ -647,8 +777,10 @@ typedef struct {
   char log[600];
 } proc_t;
 
-/* Starts the afd binary on d and waits (bounded) for its port. */
-static void proc_start(proc_t *p, const data_dir_t *d, const char *tag)
+/* Starts the afd binary on d (with --drain-ms drain_ms) and waits
+ * (bounded) for its port. */
+static void proc_start_drain(proc_t *p, const data_dir_t *d, const char *tag,
+                             const char *drain_ms)
 {
   snprintf(p->log, sizeof p->log, "%s.%s.log", d->dir, tag);
   p->port = 0;
@@ -662,7 +794,7 @@ static void proc_start(proc_t *p, const data_dir_t *d, const char *tag)
     }
     execl(AFD_BINARY, AFD_BINARY, "--listen", "127.0.0.1:0", "--data-dir",
           d->dir, "--log-level", "info", "--flush-interval-ms", "50",
-          (char *)NULL);
+          "--drain-ms", drain_ms, (char *)NULL);
     _exit(127);
   }
   p->pid = pid;
@@ -693,14 +825,35 @@ static void proc_start(proc_t *p, const data_dir_t *d, const char *tag)
   }
 }
 
-static int proc_stop(proc_t *p, int sig)
+static void proc_start(proc_t *p, const data_dir_t *d, const char *tag)
+{
+  proc_start_drain(p, d, tag, "5000");
+}
+
+/* Stops the process with sig and returns its wait status; *log_out (may
+ * be NULL) gets its log (returns owned: free). */
+static int proc_stop_log(proc_t *p, int sig, char **log_out)
 {
   kill(p->pid, sig);
   int status = 0;
   assert_int_equal(waitpid(p->pid, &status, 0), p->pid);
+  if (log_out != NULL) {
+    *log_out = NULL;
+    FILE *f = fopen(p->log, "r");
+    if (f != NULL) {
+      char *buf = calloc(1, 1 << 20);
+      assert_non_null(buf);
+      size_t n = fread(buf, 1, (1 << 20) - 1, f);
+      buf[n] = '\0';
+      fclose(f);
+      *log_out = buf;
+    }
+  }
   unlink(p->log);
   return status;
 }
+
+static int proc_stop(proc_t *p, int sig) { return proc_stop_log(p, sig, NULL); }
 
 #define CRASH_WORKERS 4
 #define CRASH_MAX 20000
@@ -933,6 +1086,68 @@ unwritable_dir_mid_run_fails_rpcs_keeps_acknowledged_and_serves(void **state)
   dir_remove(&d);
 }
 
+static void shutdown_drain_reports_events_it_could_not_write(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  proc_t p;
+  proc_start_drain(&p, &d, "drain", "300");
+  af_tc_t *c = af_tc_connect(p.port);
+  for (int i = 0; i < 5; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "kept-%d", i);
+    assert_int_equal(record(c, "acme", id, NULL, NULL, TIMEOUT_MS),
+                     GRPC_STATUS_OK);
+  }
+  char wal[400];
+  snprintf(wal, sizeof wal, "%s-wal", d.db);
+  if (!chattr("+i", d.db)) {
+    af_tc_close(c);
+    proc_stop(&p, SIGKILL);
+    dir_remove(&d);
+    skip();
+  }
+  assert_true(chattr("+i", wal));
+  af_tc_status_t st;
+  assert_int_equal(record(c, "acme", "stuck", NULL, &st, TIMEOUT_MS),
+                   GRPC_STATUS_UNAVAILABLE);
+  af_tc_close(c);
+  /* SIGTERM: the drain tries for --drain-ms, then says what it lost. */
+  char *log = NULL;
+  int status = proc_stop_log(&p, SIGTERM, &log);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_non_null(log);
+  if (strstr(log, "1 event(s) could not be written at shutdown (deadline "
+                  "300 ms)") == NULL) {
+    fail_msg("no drain report in the log:\n%s", log);
+  }
+  free(log);
+  assert_true(chattr("-i", wal));
+  assert_true(chattr("-i", d.db));
+
+  /* A normal stop drains everything and says so. */
+  proc_start(&p, &d, "drain2");
+  c = af_tc_connect(p.port);
+  assert_int_equal(record(c, "acme", "kept-0", NULL, NULL, TIMEOUT_MS),
+                   GRPC_STATUS_OK);
+  af_tc_close(c);
+  status = proc_stop_log(&p, SIGTERM, &log);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_non_null(strstr(log, "queue drained at shutdown"));
+  free(log);
+  sqlite3 *db = db_open(&d);
+  assert_int_equal(
+      db_int(db,
+             "SELECT count(*) FROM usage_events WHERE event_id LIKE "
+             "'kept-%'",
+             NULL, NULL),
+      5);
+  sqlite3_close(db);
+  dir_remove(&d);
+}
+
 static void corrupt_store_keeps_serving_and_metering_says_why(void **state)
 {
   (void)state;
@@ -1036,10 +1251,12 @@ int main(void)
           restart_brings_back_breakers_usage_and_audit_but_not_chaos),
       cmocka_unit_test(
           concurrent_duplicates_count_once_and_tenants_count_separately),
+      cmocka_unit_test(query_usage_on_sqlite_matches_the_memory_store),
       cmocka_unit_test(
           sigkill_loses_no_acknowledged_event_and_replay_counts_once),
       cmocka_unit_test(
           unwritable_dir_mid_run_fails_rpcs_keeps_acknowledged_and_serves),
+      cmocka_unit_test(shutdown_drain_reports_events_it_could_not_write),
       cmocka_unit_test(corrupt_store_keeps_serving_and_metering_says_why),
       cmocka_unit_test(newer_schema_is_refused_not_overwritten),
       cmocka_unit_test(older_schema_is_migrated_in_place),
