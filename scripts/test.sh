@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from nothing: installs what is missing, builds with
 # warnings as errors, runs every ctest label, then builds again with
-# ASan+UBSan and runs the suite under the sanitizers.
+# ASan+UBSan and runs the suite under the sanitizers, then runs each
+# libFuzzer harness for AF_FUZZ_SECONDS (30) (scripts/fuzz.sh).
 #
 #   scripts/test.sh            everything (default)
-#   AF_TEST_FAST=1 scripts/test.sh   skip the sanitizer pass
+#   AF_TEST_FAST=1 scripts/test.sh   skip the sanitizer and fuzzing passes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +30,9 @@ if [ "${AF_TEST_FAST:-0}" != 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j "$jobs" -LE 'soak|slow|bench'
+fi
+if [ "${AF_TEST_FAST:-0}" != 1 ]; then
+  echo "== fuzzing (libFuzzer, ASan + UBSan) =="
+  AF_FUZZ_SECONDS=${AF_FUZZ_SECONDS:-30} scripts/fuzz.sh
 fi
 echo "== all tests passed =="

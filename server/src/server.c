@@ -51,6 +51,7 @@
 #include "af/alloc.h"
 #include "af/types.h"
 #include "log.h"
+#include "wire_check.h"
 
 #define REQUEST_POOL 8
 #define GENERIC_POOL 2
@@ -338,7 +339,8 @@ static grpc_byte_buffer *pack(const ProtobufCMessage *msg)
 }
 
 /* Returns the decoded message (free with protobuf_c_message_free_unpacked)
- * or NULL with why[] filled. */
+ * or NULL with why[] filled: bytes protobuf-c cannot decode, or a string
+ * field that is not valid UTF-8 or holds a NUL (wire_check.h). */
 static ProtobufCMessage *unpack(const ProtobufCMessageDescriptor *desc,
                                 grpc_byte_buffer *bb, char *why, size_t n)
 {
@@ -355,9 +357,14 @@ static ProtobufCMessage *unpack(const ProtobufCMessageDescriptor *desc,
   grpc_byte_buffer_reader_destroy(&r);
   ProtobufCMessage *m = protobuf_c_message_unpack(
       desc, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-  grpc_slice_unref(s);
-  if (!m)
+  if (!m) {
     snprintf(why, n, "malformed request: cannot decode %s", desc->name);
+  } else if (!af_wire_strings_valid(desc, GRPC_SLICE_START_PTR(s),
+                                    GRPC_SLICE_LENGTH(s), why, n)) {
+    protobuf_c_message_free_unpacked(m, NULL);
+    m = NULL;
+  }
+  grpc_slice_unref(s);
   return m;
 }
 
