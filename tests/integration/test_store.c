@@ -73,6 +73,11 @@ typedef struct {
   char db[300];
 } data_dir_t;
 
+/* What a failed case leaves behind (cmocka longjmps out of it): removed by
+ * the group teardown. */
+static char g_dirs[16][200];
+static pid_t g_child;
+
 static void dir_make(data_dir_t *d)
 {
   const char *tmp = getenv("TMPDIR");
@@ -80,6 +85,12 @@ static void dir_make(data_dir_t *d)
            tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
   assert_non_null(mkdtemp(d->dir));
   snprintf(d->db, sizeof d->db, "%s/afd.db", d->dir);
+  for (size_t i = 0; i < sizeof g_dirs / sizeof g_dirs[0]; i++) {
+    if (g_dirs[i][0] == '\0') {
+      memcpy(g_dirs[i], d->dir, sizeof g_dirs[i]);
+      break;
+    }
+  }
 }
 
 static void dir_remove(data_dir_t *d)
@@ -89,6 +100,30 @@ static void dir_remove(data_dir_t *d)
            d->dir, d->dir);
   int rc = system(cmd);
   (void)rc;
+  for (size_t i = 0; i < sizeof g_dirs / sizeof g_dirs[0]; i++) {
+    if (strcmp(g_dirs[i], d->dir) == 0) {
+      g_dirs[i][0] = '\0';
+    }
+  }
+}
+
+static int cleanup_leftovers(void **state)
+{
+  (void)state;
+  if (g_child > 0) {
+    kill(g_child, SIGKILL);
+    waitpid(g_child, NULL, 0);
+    g_child = 0;
+  }
+  for (size_t i = 0; i < sizeof g_dirs / sizeof g_dirs[0]; i++) {
+    if (g_dirs[i][0] != '\0') {
+      data_dir_t d;
+      memset(&d, 0, sizeof d);
+      memcpy(d.dir, g_dirs[i], sizeof d.dir);
+      dir_remove(&d);
+    }
+  }
+  return 0;
 }
 
 static af_test_server_t *start_on(const data_dir_t *d)
@@ -798,6 +833,7 @@ static void proc_start_drain(proc_t *p, const data_dir_t *d, const char *tag,
     _exit(127);
   }
   p->pid = pid;
+  g_child = pid;
   int64_t deadline = af_tc_now_ms() + 15000;
   while (p->port == 0 && af_tc_now_ms() < deadline) {
     FILE *f = fopen(p->log, "r");
@@ -837,6 +873,7 @@ static int proc_stop_log(proc_t *p, int sig, char **log_out)
   kill(p->pid, sig);
   int status = 0;
   assert_int_equal(waitpid(p->pid, &status, 0), p->pid);
+  g_child = 0;
   if (log_out != NULL) {
     *log_out = NULL;
     FILE *f = fopen(p->log, "r");
@@ -1261,5 +1298,5 @@ int main(void)
       cmocka_unit_test(newer_schema_is_refused_not_overwritten),
       cmocka_unit_test(older_schema_is_migrated_in_place),
   };
-  return cmocka_run_group_tests_name("store", tests, NULL, NULL);
+  return cmocka_run_group_tests_name("store", tests, NULL, cleanup_leftovers);
 }
