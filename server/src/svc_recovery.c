@@ -47,6 +47,7 @@
 #include "antifragility/v1/recovery.pb-c.h"
 #include "convert.h"
 #include "log.h"
+#include "persist.h"
 #include "probe.h"
 #include "status_map.h"
 
@@ -477,6 +478,7 @@ static void on_set_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     af_rpc_fail_status(rpc, st, &err);
     return;
   }
+  af_persist_recovery_policy(app, q->service_name, &pol); /* store.h */
   af_log(AF_LOG_INFO,
          "recovery policy of %s set by %s: %s, %u attempts, probe %s %s",
          q->service_name, caller(rpc, NULL),
