@@ -82,6 +82,9 @@ static const char SQL_HISTORY_PUT[] =
     "INSERT OR IGNORE INTO recovery_history (task_id, service, state,"
     " attempts, duration_ms, finished_ns, message)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+static const char SQL_RECOVERY_AUDIT[] =
+    "INSERT INTO recovery_audit (wall_ns, action, service, actor, detail)"
+    " VALUES (?1, ?2, ?3, ?4, ?5)";
 static const char SQL_HISTORY_LAST[] =
     "SELECT task_id, service, state, attempts, duration_ms, finished_ns,"
     " message FROM (SELECT * FROM recovery_history ORDER BY id DESC LIMIT ?1)"
@@ -100,6 +103,7 @@ typedef enum {
   J_CHAOS,
   J_POLICY,
   J_HISTORY,
+  J_RECOVERY_AUDIT,
 } job_kind_t;
 
 typedef struct {
@@ -121,6 +125,11 @@ typedef struct {
     };
     af_recovery_policy_t policy; /* J_POLICY */
     af_recovery_result_t result; /* J_HISTORY */
+    struct {                     /* J_RECOVERY_AUDIT */
+      char action[16];
+      char audit_actor[AF_NAME_MAX + 1];
+      char detail[256];
+    };
   };
 } job_t;
 
@@ -300,6 +309,21 @@ static af_status_t history_write(af_store_conn_t *c, const job_t *j,
   return step_done(c, st, err, "cannot write recovery history");
 }
 
+static af_status_t recovery_audit_write(af_store_conn_t *c, const job_t *j,
+                                        af_error_t *err)
+{
+  sqlite3_stmt *st = af_store_stmt(c, SQL_RECOVERY_AUDIT, err);
+  if (st == NULL) {
+    return AF_EIO;
+  }
+  sqlite3_bind_int64(st, 1, j->wall_ns);
+  sqlite3_bind_text(st, 2, j->action, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, j->name, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, j->audit_actor, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, j->detail, -1, SQLITE_STATIC);
+  return step_done(c, st, err, "cannot write recovery audit");
+}
+
 static af_status_t job_run(af_store_conn_t *c, void *ctx, af_error_t *err)
 {
   const job_t *j = ctx;
@@ -329,6 +353,8 @@ static af_status_t job_run(af_store_conn_t *c, void *ctx, af_error_t *err)
     return policy_write(c, j, err);
   case J_HISTORY:
     return history_write(c, j, err);
+  case J_RECOVERY_AUDIT:
+    return recovery_audit_write(c, j, err);
   }
   return AF_EINTERNAL;
 }
@@ -342,6 +368,8 @@ static const char *job_what(const job_t *j)
     return "recovery policy";
   case J_HISTORY:
     return "recovery history";
+  case J_RECOVERY_AUDIT:
+    return "recovery audit";
   default:
     return "breaker";
   }
@@ -521,6 +549,29 @@ void af_persist_recovery_policy(af_app_t *app, const char *service,
   j->policy = *p;
   j->wall_ns = af_clock_wall_ns(af_engine_clock(app->engine));
   snprintf(j->name, sizeof j->name, "%s", service);
+  queue_job(app, j);
+}
+
+void af_persist_recovery_action(af_app_t *app, const char *action,
+                                const char *service, const char *actor,
+                                const char *detail)
+{
+  if (app->store == NULL || action == NULL || service == NULL) {
+    return;
+  }
+  job_t *j = af_calloc(1, sizeof(*j));
+  if (j == NULL) {
+    af_log(AF_LOG_ERROR, "store: out of memory, recovery %s of %s not audited",
+           action, service);
+    return;
+  }
+  j->kind = J_RECOVERY_AUDIT;
+  j->wall_ns = af_clock_wall_ns(af_engine_clock(app->engine));
+  snprintf(j->name, sizeof j->name, "%s", service);
+  snprintf(j->action, sizeof j->action, "%s", action);
+  snprintf(j->audit_actor, sizeof j->audit_actor, "%s",
+           actor != NULL ? actor : "");
+  snprintf(j->detail, sizeof j->detail, "%s", detail != NULL ? detail : "");
   queue_job(app, j);
 }
 

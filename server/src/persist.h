@@ -2,7 +2,8 @@
  * persist.h - what afd keeps across restarts besides metering: breaker
  * registrations and configs, recovery policies and finished recoveries,
  * the chaos audit log (and which scenarios were active, so that a restart
- * can end them in the log).
+ * can end them in the log), and the recovery audit log (who scheduled,
+ * executed, cancelled or approved a recovery, or set a policy).
  *
  * Thread-safety: single-owner (the app's owner thread): restore before the
  * server starts, attach right after, detach once the server stopped. The
@@ -49,6 +50,15 @@ void af_persist_detach(af_app_t *app);
  * thread. No-op without a store. */
 void af_persist_recovery_policy(af_app_t *app, const char *service,
                                 const af_recovery_policy_t *p);
+
+/* An operator action on recovery, for the recovery audit log (table
+ * recovery_audit): action is "schedule", "execute", "cancel", "approve"
+ * or "policy"; actor the caller's identity (auth.h af_auth_caller);
+ * detail free text (truncated to 255 bytes). All borrowed. Write-behind
+ * like the rest; never blocks; any thread. No-op without a store. */
+void af_persist_recovery_action(af_app_t *app, const char *action,
+                                const char *service, const char *actor,
+                                const char *detail);
 
 #ifdef __cplusplus
 }

@@ -164,6 +164,14 @@ static const char *const migrations[AF_STORE_SCHEMA_VERSION] = {
     "  finished_ns INTEGER NOT NULL,"
     "  message TEXT NOT NULL,"
     "  UNIQUE (task_id, finished_ns));",
+    /* 3: who did what to recoveries (the chaos audit's twin). */
+    "CREATE TABLE recovery_audit ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  wall_ns INTEGER NOT NULL,"
+    "  action TEXT NOT NULL," /* schedule, execute, cancel, approve, policy */
+    "  service TEXT NOT NULL,"
+    "  actor TEXT NOT NULL,"
+    "  detail TEXT NOT NULL);",
 };
 
 /* ---- connections ------------------------------------------------------- */

@@ -46,7 +46,7 @@ extern "C" {
 /* File name of the database inside the data directory. */
 #define AF_STORE_DB_NAME "afd.db"
 /* The schema version this afd writes. */
-#define AF_STORE_SCHEMA_VERSION 2
+#define AF_STORE_SCHEMA_VERSION 3
 
 typedef struct af_store af_store_t;
 /* A connection as seen by a job: the db and a prepared-statement cache. */

@@ -40,6 +40,7 @@
 #include <sqlite3.h>
 
 #include "af_testclient.h"
+#include "store.h"
 #include "antifragility/v1/breaker.pb-c.h"
 #include "antifragility/v1/chaos.pb-c.h"
 #include "antifragility/v1/health.pb-c.h"
@@ -1335,12 +1336,14 @@ static void older_schema_is_migrated_in_place(void **state)
                    GRPC_STATUS_OK);
   af_tc_close(c);
   af_ts_stop(ts);
-  /* Make it a version-1 database (before the recovery tables). */
+  /* Make it a version-1 database (before the recovery tables of versions 2
+   * and 3). */
   sqlite3 *db = NULL;
   assert_int_equal(sqlite3_open(d.db, &db), SQLITE_OK);
   assert_int_equal(sqlite3_exec(db,
                                 "DROP TABLE recovery_policies; DROP TABLE "
-                                "recovery_history; PRAGMA user_version = 1",
+                                "recovery_history; DROP TABLE recovery_audit;"
+                                " PRAGMA user_version = 1",
                                 NULL, NULL, NULL),
                    SQLITE_OK);
   sqlite3_close(db);
@@ -1355,9 +1358,105 @@ static void older_schema_is_migrated_in_place(void **state)
   af_tc_close(c);
   af_ts_stop(ts);
   db = db_open(&d);
-  assert_int_equal(db_int(db, "PRAGMA user_version", NULL, NULL), 2);
+  assert_int_equal(db_int(db, "PRAGMA user_version", NULL, NULL),
+                   AF_STORE_SCHEMA_VERSION);
   assert_int_equal(
       db_int(db, "SELECT count(*) FROM recovery_policies", NULL, NULL), 1);
+  assert_int_equal(/* version 3's table exists: the policy set above */
+                   db_int(db, "SELECT count(*) FROM recovery_audit", NULL,
+                          NULL),
+                   0);
+  sqlite3_close(db);
+  dir_remove(&d);
+}
+
+/* With tokens, the audit logs name the token's identity: chaos_audit for
+ * an activation, recovery_audit for policy / schedule / cancel. */
+static void audit_logs_record_the_callers_identity(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  char tokens[240];
+  snprintf(tokens, sizeof tokens, "%.200s/tokens", d.dir);
+  FILE *f = fopen(tokens, "w");
+  assert_non_null(f);
+  fputs("ops admin admin-token-0123456789\n", f);
+  fclose(f);
+  af_config_t cfg;
+  af_ts_config_defaults(&cfg);
+  cfg.memory = false;
+  snprintf(cfg.data_dir, sizeof cfg.data_dir, "%s", d.dir);
+  snprintf(cfg.tokens_file, sizeof cfg.tokens_file, "%s", tokens);
+  af_test_server_t *ts = af_ts_start(&cfg);
+  af_tc_t *c = af_tc_connect(af_ts_port(ts));
+  static const char *const md[] = {"authorization",
+                                   "Bearer admin-token-0123456789", NULL};
+  ProtobufCMessage *resp = NULL;
+  af_tc_status_t st;
+
+  Antifragility__V1__SetRecoveryPolicyRequest pq =
+      ANTIFRAGILITY__V1__SET_RECOVERY_POLICY_REQUEST__INIT;
+  pq.service_name = "audited";
+  assert_int_equal(
+      af_tc_unary(c, RSVC "SetRecoveryPolicy", &pq.base,
+                  &antifragility__v1__set_recovery_policy_response__descriptor,
+                  &resp, &st, md, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  free_msg(resp);
+  Antifragility__V1__ScheduleRecoveryRequest sq =
+      ANTIFRAGILITY__V1__SCHEDULE_RECOVERY_REQUEST__INIT;
+  sq.service_name = "audited";
+  sq.strategy = ANTIFRAGILITY__V1__RECOVERY_STRATEGY__RECOVERY_STRATEGY_MANUAL;
+  assert_int_equal(
+      af_tc_unary(c, RSVC "ScheduleRecovery", &sq.base,
+                  &antifragility__v1__schedule_recovery_response__descriptor,
+                  &resp, &st, md, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  free_msg(resp);
+  Antifragility__V1__CancelRecoveryRequest cq =
+      ANTIFRAGILITY__V1__CANCEL_RECOVERY_REQUEST__INIT;
+  cq.service_name = "audited";
+  cq.reason = "drill over";
+  assert_int_equal(
+      af_tc_unary(c, RSVC "CancelRecovery", &cq.base,
+                  &antifragility__v1__cancel_recovery_response__descriptor,
+                  &resp, &st, md, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  free_msg(resp);
+  Antifragility__V1__InjectErrorsRequest iq =
+      ANTIFRAGILITY__V1__INJECT_ERRORS_REQUEST__INIT;
+  iq.target = "audited";
+  iq.error_rate = 0.5;
+  assert_int_equal(
+      af_tc_unary(c, CSVC "InjectErrors", &iq.base,
+                  &antifragility__v1__inject_errors_response__descriptor, &resp,
+                  &st, md, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  free_msg(resp);
+  af_tc_close(c);
+  af_ts_stop(ts); /* a graceful stop commits the write-behind jobs */
+
+  sqlite3 *db = db_open(&d);
+  assert_int_equal(
+      db_int(db,
+             "SELECT count(*) FROM recovery_audit WHERE service = 'audited'"
+             " AND actor = 'ops' AND action IN ('policy', 'schedule',"
+             " 'cancel')",
+             NULL, NULL),
+      3);
+  assert_int_equal(
+      db_int(db,
+             "SELECT count(*) FROM recovery_audit WHERE action = 'cancel'"
+             " AND detail = 'drill over'",
+             NULL, NULL),
+      1);
+  assert_int_equal(
+      db_int(db,
+             "SELECT count(*) FROM chaos_audit WHERE target ="
+             " 'audited' AND event = 'activated' AND actor = 'ops'",
+             NULL, NULL),
+      1);
   sqlite3_close(db);
   dir_remove(&d);
 }
@@ -1379,6 +1478,7 @@ int main(void)
       cmocka_unit_test(corrupt_store_keeps_serving_and_metering_says_why),
       cmocka_unit_test(newer_schema_is_refused_not_overwritten),
       cmocka_unit_test(older_schema_is_migrated_in_place),
+      cmocka_unit_test(audit_logs_record_the_callers_identity),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, cleanup_leftovers);
 }
