@@ -1092,6 +1092,30 @@ af_status_t af_recovery_history(af_recovery_t *r, af_recovery_result_t **out,
   return AF_OK;
 }
 
+af_status_t af_recovery_history_restore(af_recovery_t *r,
+                                        const af_recovery_result_t *results,
+                                        size_t n)
+{
+  if (r == NULL || (results == NULL && n > 0))
+    return AF_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  for (size_t i = 0; i < n; i++) {
+    size_t slot;
+    if (r->hist_len < r->history_size) {
+      slot = (r->hist_start + r->hist_len) % r->history_size;
+      r->hist_len++;
+    } else {
+      slot = r->hist_start;
+      r->hist_start = (r->hist_start + 1) % r->history_size;
+    }
+    r->history[slot] = results[i];
+    r->history[slot].service[AF_NAME_MAX] = '\0';
+    r->history[slot].message[sizeof(r->history[slot].message) - 1] = '\0';
+  }
+  pthread_mutex_unlock(&r->mu);
+  return AF_OK;
+}
+
 /* ---- the tick ---------------------------------------------------------- */
 
 static void budget_refill(af_recovery_t *r, uint64_t now)

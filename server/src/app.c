@@ -21,14 +21,14 @@
  */
 #include "app_internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "af/alloc.h"
 #include "grpc_health.h"
 #include "log.h"
-
-/* Longest the metering queue may take to drain at shutdown. */
-#define AF_APP_METER_DRAIN_MS 5000
+#include "persist.h"
+#include "store.h"
 
 static void log_breaker_event(const af_breaker_event_t *ev)
 {
@@ -157,6 +157,19 @@ af_status_t af_app_create(af_app_t **out, const af_config_t *cfg,
   }
   app->cfg = *cfg;
   app->srv = srv;
+  if (!cfg->memory) {
+    /* A store that cannot be opened is reported loudly, and afd serves
+     * everything else (state then lives in memory; metering refuses). */
+    af_error_t serr;
+    af_error_clear(&serr);
+    if (af_store_open(&app->store, cfg->data_dir, &serr) != AF_OK) {
+      snprintf(app->store_error, sizeof app->store_error, "%s", serr.message);
+      af_log(AF_LOG_ERROR,
+             "%s; serving without persistence: nothing is saved, metering "
+             "refuses events (UNAVAILABLE)",
+             serr.message);
+    }
+  }
   af_status_t st = af_hub_create(&app->breaker_hub);
   if (st == AF_OK) {
     st = af_hub_create(&app->health_hub);
@@ -186,6 +199,18 @@ af_status_t af_app_create(af_app_t **out, const af_config_t *cfg,
     goto fail;
   }
   app->engine_sub_id = id;
+  if (app->store != NULL) {
+    af_error_t rerr;
+    af_error_clear(&rerr);
+    if (af_persist_restore(app, &rerr) != AF_OK) {
+      af_log(AF_LOG_ERROR, "store %s: cannot restore state: %s",
+             af_store_path(app->store), rerr.message);
+    }
+    st = af_persist_attach(app);
+    if (st != AF_OK) {
+      goto fail;
+    }
+  }
 
   st = af_grpc_health_register(srv, resolve_health, app);
   if (st == AF_OK) {
@@ -237,10 +262,15 @@ void af_app_shutdown(af_app_t *app)
   }
   af_svc_recovery_shutdown(app);
   af_svc_metering_shutdown(app);
-  size_t lost = af_engine_shutdown(app->engine, AF_APP_METER_DRAIN_MS);
+  size_t lost = af_engine_shutdown(app->engine, app->cfg.drain_ms);
   if (lost > 0) {
     af_log(AF_LOG_ERROR, "%zu metering event(s) could not be flushed", lost);
   }
+  /* Everything queued for the store so far is committed here; changes
+   * made by calls still running until the server stops are not saved
+   * (the persist listener stays subscribed: unsubscribing races with
+   * engine events from CQ threads; its writes are refused from now on). */
+  af_store_shutdown(app->store);
 }
 
 void af_app_destroy(af_app_t *app)
@@ -253,6 +283,7 @@ void af_app_destroy(af_app_t *app)
     if (app->engine_sub_id > 0) {
       af_engine_unsubscribe(app->engine, app->engine_sub_id);
     }
+    af_persist_detach(app);
   }
   destroy_services(app);
   af_engine_destroy(app->engine);
@@ -260,6 +291,7 @@ void af_app_destroy(af_app_t *app)
   af_hub_destroy(app->recovery_hub);
   af_hub_destroy(app->health_hub);
   af_hub_destroy(app->breaker_hub);
+  af_store_destroy(app->store);
   af_free(app);
 }
 

@@ -47,6 +47,12 @@ struct af_app {
   af_svc_chaos_t *chaos;
   af_svc_metering_t *metering;
   int engine_sub_id;
+  /* Durable state (store.h): NULL with --memory, or when it could not be
+   * opened; then store_error says why ("" otherwise) and metering refuses
+   * with it instead of losing events in memory. */
+  struct af_store *store;
+  char store_error[AF_ERROR_MESSAGE_MAX];
+  int persist_sub_id; /* persist.c's engine listener */
 };
 
 /* Registration: adds every method of the service to app->srv and sets up

@@ -54,6 +54,11 @@ static const opt_t g_opts[] = {
     {"shutdown-grace-ms", "AF_SHUTDOWN_GRACE_MS", T_U32, OFF(shutdown_grace_ms),
      0, 600000,
      "wait this long for calls on shutdown before cancelling [2000]"},
+    {"drain-ms", "AF_DRAIN_MS", T_U32, OFF(drain_ms), 0, 3600000,
+     "on shutdown, write queued metering events for at most this long "
+     "[5000]"},
+    {"batch-size", "AF_BATCH_SIZE", T_U32, OFF(batch_size), 1, 100000,
+     "metering events per store commit at most (group commit) [500]"},
     {"max-watchers-per-conn", "AF_MAX_WATCHERS_PER_CONN", T_U32,
      OFF(max_watchers_per_conn), 1, 1000000,
      "open watch streams allowed per connection [1000]"},
@@ -90,6 +95,8 @@ void af_config_init(af_config_t *cfg)
   snprintf(cfg->data_dir, sizeof cfg->data_dir, "%s", "./afd-data");
   cfg->memory = false;
   cfg->shutdown_grace_ms = 2000;
+  cfg->drain_ms = 5000;
+  cfg->batch_size = 500;
   cfg->max_watchers_per_conn = 1000;
   cfg->max_message_bytes = 4u * 1024u * 1024u;
 }

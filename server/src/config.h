@@ -36,6 +36,8 @@ typedef struct {
   char data_dir[AF_CONFIG_STR_MAX]; /* AF_DATA_DIR, ./afd-data */
   bool memory;                      /* --memory, AF_MEMORY=1: no persistence */
   uint32_t shutdown_grace_ms;       /* AF_SHUTDOWN_GRACE_MS, 2000 */
+  uint32_t drain_ms;   /* --drain-ms, AF_DRAIN_MS, 5000: metering drain */
+  uint32_t batch_size; /* --batch-size, AF_BATCH_SIZE, 500: events/commit */
   /* Security (README "Security"): PEM file paths, "" = none. */
   char tls_cert[AF_CONFIG_STR_MAX];      /* AF_TLS_CERT */
   char tls_key[AF_CONFIG_STR_MAX];       /* AF_TLS_KEY */

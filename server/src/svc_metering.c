@@ -21,6 +21,18 @@
  * Refusals here count in dropped_invalid like the meter's own. RecordUsage
  * replies durable = the store's `durable` (false for the memory store).
  *
+ * Store failures (SQLite: read-only file, disk full, I/O error): a batch
+ * the store refuses stays in the meter and is offered again (nothing is
+ * lost), but its waiters and all those queued behind it are answered at
+ * once with UNAVAILABLE "metering store cannot write: ..." (they were not
+ * acknowledged, so the client retries; the retry is a duplicate if the old
+ * event got in meanwhile, and a waiter is only ever acknowledged by the
+ * commit of an event with its key).
+ * While the last write failed, new events are refused the same way
+ * instead of piling up behind it; the first successful write clears it.
+ * A store that could not be opened at start (app->store_error) refuses
+ * every RecordUsage / QueryUsage with UNAVAILABLE and the reason.
+ *
  * Invariants:
  *   - Waiters are in the FIFO in exactly the order their events are in the
  *     meter (enqueue + append happen under `mu`), so the sink matches them
@@ -41,6 +53,7 @@
  */
 #include "app_internal.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -56,7 +69,6 @@
 
 #define SVC "/antifragility.v1.MeteringService/"
 /* How long af_svc_metering_shutdown lets the sink drain the meter. */
-#define DRAIN_MS 5000
 /* QueryUsageResponse.buckets limit (proto). */
 #define MAX_BUCKETS 512
 /* UsageEvent.metadata limits (proto). */
@@ -65,6 +77,8 @@
 #define MD_VALUE_MAX 256
 /* RecordUsageStreamResponse.first_error limit (proto). */
 #define FIRST_ERROR_MAX 256
+/* Room for the store's failure message (fits first_error). */
+#define STORE_ERROR_MAX (FIRST_ERROR_MAX + 1)
 /* Latest second whose ns still fit an int64 (2262-04-11). */
 #define TS_MAX_SECONDS (INT64_MAX / (int64_t)AF_NS_PER_SEC - 1)
 
@@ -104,7 +118,10 @@ struct af_svc_metering {
   pthread_mutex_t mu;
   waiter_t *head; /* FIFO of events in the meter, oldest first */
   waiter_t *tail;
-  bool closing;             /* shutdown began: refuse new events */
+  bool closing;     /* shutdown began: refuse new events */
+  bool unavailable; /* no store: refuse everything, say why */
+  /* Under mu: the last store write failed with this message ("" = ok). */
+  char store_error[STORE_ERROR_MAX];
   _Atomic uint64_t invalid; /* refused here before reaching the meter */
 };
 
@@ -311,6 +328,8 @@ static af_status_t submit(af_svc_metering_t *svc, af_meter_event_t *ev,
   af_status_t rc;
   if (svc->closing) {
     rc = af_error_set(err, AF_ESHUTDOWN, "metering is shut down");
+  } else if (svc->store_error[0] != '\0') {
+    rc = af_error_set(err, AF_EIO, "%s", svc->store_error);
   } else {
     rc = af_meter_enqueue(svc->meter, ev, err);
   }
@@ -395,6 +414,60 @@ static void unary_reply(const af_svc_metering_t *svc, waiter_t *w)
   af_rpc_reply(w->rpc, &resp.base);
 }
 
+/* The store refused a batch: remember why (new events are refused until a
+ * write succeeds) and answer every waiter now, the batch's and those queued
+ * behind it, instead of letting them wait out their deadlines. The meter
+ * keeps all their events and offers them again; none was acknowledged, so
+ * whether they get in before the clients' retries does not matter (a
+ * retry is then a duplicate). */
+static void store_failed(af_svc_metering_t *svc, const char *why)
+{
+  waiter_t *answer = NULL;
+  ustream_t *post = NULL;
+  ustream_t *dead = NULL;
+  pthread_mutex_lock(&svc->mu);
+  snprintf(svc->store_error, sizeof(svc->store_error),
+           "metering store cannot write: %.220s", why);
+  waiter_t *w;
+  while ((w = fifo_pop(svc)) != NULL) {
+    if (w->stream == NULL) {
+      w->next = answer;
+      answer = w;
+      continue;
+    }
+    ustream_t *us = w->stream;
+    stream_reject_locked(us, w->index, svc->store_error);
+    bool free_it;
+    if (stream_resolved_locked(us, &free_it)) {
+      us->post_next = post;
+      post = us;
+    } else if (free_it) {
+      us->post_next = dead;
+      dead = us;
+    }
+    af_free(w);
+  }
+  char msg[STORE_ERROR_MAX];
+  memcpy(msg, svc->store_error, sizeof(msg));
+  pthread_mutex_unlock(&svc->mu);
+  while (answer != NULL) {
+    waiter_t *next = answer->next;
+    af_rpc_fail(answer->rpc, GRPC_STATUS_UNAVAILABLE, "%s", msg);
+    af_free(answer);
+    answer = next;
+  }
+  while (post != NULL) {
+    ustream_t *next = post->post_next;
+    stream_reply(post);
+    post = next;
+  }
+  while (dead != NULL) {
+    ustream_t *next = dead->post_next;
+    af_free(dead);
+    dead = next;
+  }
+}
+
 /* The meter's sink: apply, then answer the waiters of the batch. */
 static af_status_t sink(const af_meter_event_t *events, size_t n,
                         size_t *duplicates, void *ctx)
@@ -411,6 +484,7 @@ static af_status_t sink(const af_meter_event_t *events, size_t n,
     af_log(AF_LOG_ERROR, "metering: cannot store %zu event(s): %s", n,
            err.message);
     af_free(dup);
+    store_failed(svc, err.message);
     return rc;
   }
 
@@ -420,6 +494,10 @@ static af_status_t sink(const af_meter_event_t *events, size_t n,
   ustream_t *dead = NULL;  /* streams to free */
   size_t ndup = 0;
   pthread_mutex_lock(&svc->mu);
+  if (svc->store_error[0] != '\0' && !svc->unavailable) {
+    af_log(AF_LOG_INFO, "metering: store writes again");
+    svc->store_error[0] = '\0';
+  }
   for (size_t i = 0; i < n; i++) {
     ndup += dup[i];
     waiter_t *w = svc->head;
@@ -682,6 +760,63 @@ query_from_pb(af_svc_metering_t *svc,
   return AF_OK;
 }
 
+/* One QueryUsage in flight: the store fills res off the CQ thread (SQLite:
+ * on its reader thread) and query_answer replies from there. */
+typedef struct {
+  af_rpc_t *rpc;
+  af_usage_group_t group_by;
+  af_usage_result_t res;
+} query_call_t;
+
+static void query_call_free(query_call_t *qc)
+{
+  af_free(qc->res.buckets);
+  af_free(qc);
+}
+
+static void query_answer(af_status_t st, const af_error_t *err, void *ctx)
+{
+  query_call_t *qc = ctx;
+  af_rpc_t *rpc = qc->rpc;
+  if (st != AF_OK) {
+    af_rpc_fail_status(rpc, st, err);
+    query_call_free(qc);
+    return;
+  }
+  af_usage_result_t *res = &qc->res;
+  size_t n = res->n_buckets;
+  Antifragility__V1__UsageBucket *pbs = af_calloc(n + 1, sizeof(*pbs));
+  Antifragility__V1__UsageBucket **ptrs = af_calloc(n + 1, sizeof(*ptrs));
+  Google__Protobuf__Timestamp *tss = af_calloc(n + 1, sizeof(*tss));
+  if (pbs == NULL || ptrs == NULL || tss == NULL) {
+    af_rpc_fail(rpc, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  bool with_start =
+      qc->group_by == AF_USAGE_GROUP_HOUR || qc->group_by == AF_USAGE_GROUP_DAY;
+  for (size_t i = 0; i < n; i++) {
+    bucket_to_pb(&res->buckets[i], &pbs[i], &tss[i], with_start);
+    ptrs[i] = &pbs[i];
+  }
+  af_usage_bucket_t tb;
+  memset(&tb, 0, sizeof(tb));
+  tb.agg = res->total;
+  Antifragility__V1__UsageBucket total;
+  bucket_to_pb(&tb, &total, NULL, false);
+  Antifragility__V1__QueryUsageResponse resp =
+      ANTIFRAGILITY__V1__QUERY_USAGE_RESPONSE__INIT;
+  resp.n_buckets = n;
+  resp.buckets = ptrs;
+  resp.total = &total;
+  resp.truncated = res->truncated;
+  af_rpc_reply(rpc, &resp.base);
+out:
+  af_free(tss);
+  af_free(ptrs);
+  af_free(pbs);
+  query_call_free(qc);
+}
+
 static void on_query_usage(af_rpc_t *rpc, const ProtobufCMessage *msg,
                            void *ctx)
 {
@@ -696,45 +831,28 @@ static void on_query_usage(af_rpc_t *rpc, const ProtobufCMessage *msg,
     af_rpc_fail_status(rpc, rc, &err);
     return;
   }
-  af_usage_result_t res;
-  memset(&res, 0, sizeof(res));
-  res.max_buckets = MAX_BUCKETS;
-  res.buckets = af_calloc(MAX_BUCKETS, sizeof(*res.buckets));
-  Antifragility__V1__UsageBucket *pbs = af_calloc(MAX_BUCKETS, sizeof(*pbs));
-  Antifragility__V1__UsageBucket **ptrs = af_calloc(MAX_BUCKETS, sizeof(*ptrs));
-  Google__Protobuf__Timestamp *tss = af_calloc(MAX_BUCKETS, sizeof(*tss));
-  if (res.buckets == NULL || pbs == NULL || ptrs == NULL || tss == NULL) {
+  if (svc->unavailable) {
+    af_rpc_fail(rpc, GRPC_STATUS_UNAVAILABLE, "%s", svc->store_error);
+    return;
+  }
+  query_call_t *qc = af_calloc(1, sizeof(*qc));
+  if (qc != NULL) {
+    qc->res.buckets = af_calloc(MAX_BUCKETS, sizeof(*qc->res.buckets));
+  }
+  if (qc == NULL || qc->res.buckets == NULL) {
+    af_free(qc);
     af_rpc_fail(rpc, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto out;
+    return;
   }
-  rc = af_usage_store_query(svc->store, &q, &res, &err);
+  qc->rpc = rpc;
+  qc->group_by = q.group_by;
+  qc->res.max_buckets = MAX_BUCKETS;
+  rc = af_usage_store_query_async(svc->store, &q, &qc->res, query_answer, qc,
+                                  &err);
   if (rc != AF_OK) {
+    query_call_free(qc);
     af_rpc_fail_status(rpc, rc, &err);
-    goto out;
   }
-  bool with_start =
-      q.group_by == AF_USAGE_GROUP_HOUR || q.group_by == AF_USAGE_GROUP_DAY;
-  for (size_t i = 0; i < res.n_buckets; i++) {
-    bucket_to_pb(&res.buckets[i], &pbs[i], &tss[i], with_start);
-    ptrs[i] = &pbs[i];
-  }
-  af_usage_bucket_t tb;
-  memset(&tb, 0, sizeof(tb));
-  tb.agg = res.total;
-  Antifragility__V1__UsageBucket total;
-  bucket_to_pb(&tb, &total, NULL, false);
-  Antifragility__V1__QueryUsageResponse resp =
-      ANTIFRAGILITY__V1__QUERY_USAGE_RESPONSE__INIT;
-  resp.n_buckets = res.n_buckets;
-  resp.buckets = ptrs;
-  resp.total = &total;
-  resp.truncated = res.truncated;
-  af_rpc_reply(rpc, &resp.base);
-out:
-  af_free(tss);
-  af_free(ptrs);
-  af_free(pbs);
-  af_free(res.buckets);
 }
 
 /* ---- GetMeteringMetrics ----------------------------------------------- */
@@ -782,7 +900,13 @@ void af_svc_metering_configure(af_app_t *app, af_engine_config_t *ecfg)
     af_free(svc);
     return;
   }
-  if (af_usage_store_open(&svc->store) != AF_OK) {
+  if (app->store_error[0] != '\0') {
+    /* Not --memory, but the store did not open: never fall back to a
+     * store that is not durable; refuse with the reason instead. */
+    svc->unavailable = true;
+    snprintf(svc->store_error, sizeof(svc->store_error),
+             "metering store unavailable: %.220s", app->store_error);
+  } else if (af_usage_store_open(&svc->store, app->store) != AF_OK) {
     pthread_mutex_destroy(&svc->mu);
     af_free(svc);
     return;
@@ -794,6 +918,12 @@ void af_svc_metering_configure(af_app_t *app, af_engine_config_t *ecfg)
   ecfg->meter.sink_ctx = svc;
   /* A small --queue-size or a long --flush-interval-ms must not make the
    * engine refuse the meter's other defaults. */
+  if (ecfg->meter.batch_size > ecfg->meter.capacity) {
+    ecfg->meter.batch_size = ecfg->meter.capacity;
+  }
+  if (app->cfg.batch_size > 0) {
+    ecfg->meter.batch_size = app->cfg.batch_size;
+  }
   if (ecfg->meter.batch_size > ecfg->meter.capacity) {
     ecfg->meter.batch_size = ecfg->meter.capacity;
   }
@@ -853,10 +983,18 @@ void af_svc_metering_shutdown(af_app_t *app)
   svc->closing = true;
   pthread_mutex_unlock(&svc->mu);
   if (!again) {
-    size_t left = af_meter_shutdown(svc->meter, DRAIN_MS);
+    af_meter_metrics_t before;
+    af_meter_metrics(svc->meter, &before);
+    size_t left = af_meter_shutdown(svc->meter, svc->app->cfg.drain_ms);
     if (left > 0) {
-      af_log(AF_LOG_ERROR, "metering: %zu event(s) not stored at shutdown",
-             left);
+      af_log(AF_LOG_ERROR,
+             "metering: %zu event(s) could not be written at shutdown "
+             "(deadline %" PRIu32 " ms)",
+             left, svc->app->cfg.drain_ms);
+    } else {
+      af_log(AF_LOG_INFO,
+             "metering: queue drained at shutdown (%zu event(s)), none lost",
+             before.depth);
     }
   }
 

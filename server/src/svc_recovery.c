@@ -47,6 +47,7 @@
 #include "antifragility/v1/recovery.pb-c.h"
 #include "convert.h"
 #include "log.h"
+#include "persist.h"
 #include "probe.h"
 #include "status_map.h"
 
@@ -477,6 +478,13 @@ static void on_set_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     af_rpc_fail_status(rpc, st, &err);
     return;
   }
+  af_persist_recovery_policy(app, q->service_name, &pol); /* store.h */
+  char detail[AF_PROBE_TARGET_MAX + 96];
+  snprintf(detail, sizeof detail, "%s, %u attempts, probe %s %s",
+           af_recovery_strategy_name(pol.strategy), pol.max_retry_attempts,
+           af_probe_kind_name(pol.probe), pol.probe_target);
+  af_persist_recovery_action(app, "policy", q->service_name, caller(rpc, NULL),
+                             detail);
   af_log(AF_LOG_INFO,
          "recovery policy of %s set by %s: %s, %u attempts, probe %s %s",
          q->service_name, caller(rpc, NULL),
@@ -567,6 +575,11 @@ static void on_schedule(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   af_log(AF_LOG_INFO, "recovery of %s scheduled by %s (%s, priority %d)",
          t.service, caller(rpc, NULL),
          af_recovery_strategy_name(t.policy.strategy), t.priority);
+  char detail[64];
+  snprintf(detail, sizeof detail, "task %" PRIu64 ", %s, priority %d", t.id,
+           af_recovery_strategy_name(t.policy.strategy), t.priority);
+  af_persist_recovery_action(app, "schedule", t.service, caller(rpc, NULL),
+                             detail);
   reply_task(app, rpc, &t);
 }
 
@@ -617,6 +630,11 @@ static void on_execute(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   }
   af_log(AF_LOG_INFO, "recovery of %s executed by %s (attempt %u)", t.service,
          caller(rpc, NULL), t.attempts);
+  char detail[64];
+  snprintf(detail, sizeof detail, "task %" PRIu64 ", attempt %u", t.id,
+           t.attempts);
+  af_persist_recovery_action(app, "execute", t.service, caller(rpc, NULL),
+                             detail);
   if (t.state == AF_RECOVERY_IN_PROGRESS) {
     /* The probe runs on the prober: answer when it has finished. */
     pthread_mutex_lock(&svc->mu);
@@ -673,6 +691,8 @@ static void on_cancel(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     const char *reason = str_or_empty(q->reason);
     af_log(AF_LOG_INFO, "recovery of %s cancelled by %s%s%s", t.service,
            caller(rpc, NULL), reason[0] != '\0' ? ": " : "", reason);
+    af_persist_recovery_action(app, "cancel", t.service, caller(rpc, NULL),
+                               reason);
   }
   pb_task_t p;
   Antifragility__V1__CancelRecoveryResponse resp =
@@ -716,6 +736,8 @@ static void on_approve(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   const char *reason = str_or_empty(q->reason);
   af_log(AF_LOG_INFO, "recovery of %s approved by %s%s%s", t.service,
          caller(rpc, q->actor), reason[0] != '\0' ? ": " : "", reason);
+  af_persist_recovery_action(app, "approve", t.service, caller(rpc, q->actor),
+                             reason);
   pb_task_t p;
   Antifragility__V1__ApproveRecoveryResponse resp =
       ANTIFRAGILITY__V1__APPROVE_RECOVERY_RESPONSE__INIT;

@@ -87,10 +87,13 @@ void af__usage_store_set_factory(af_usage_store_factory_fn fn, void *ctx)
   g_factory_ctx = ctx;
 }
 
-af_status_t af_usage_store_open(af_usage_store_t **out)
+af_status_t af_usage_store_open(af_usage_store_t **out, af_store_t *db)
 {
   if (g_factory != NULL) {
     return g_factory(out, g_factory_ctx);
+  }
+  if (db != NULL) {
+    return af_usage_store_sqlite_create(out, db);
   }
   return af_usage_store_memory_create(out);
 }
@@ -112,6 +115,27 @@ af_status_t af_usage_store_query(af_usage_store_t *s, const af_usage_query_t *q,
     return af_error_set(err, AF_EINVAL, "store, query and result are required");
   }
   return s->ops->query(s, q, out, err);
+}
+
+af_status_t af_usage_store_query_async(af_usage_store_t *s,
+                                       const af_usage_query_t *q,
+                                       af_usage_result_t *out,
+                                       af_usage_query_done_fn done, void *ctx,
+                                       af_error_t *err)
+{
+  if (s == NULL || q == NULL || out == NULL || q->tenant_id == NULL ||
+      done == NULL) {
+    return af_error_set(err, AF_EINVAL,
+                        "store, query, result and done are required");
+  }
+  if (s->ops->query_async != NULL) {
+    return s->ops->query_async(s, q, out, done, ctx, err);
+  }
+  af_error_t qerr;
+  af_error_clear(&qerr);
+  af_status_t st = s->ops->query(s, q, out, &qerr);
+  done(st, &qerr, ctx);
+  return AF_OK;
 }
 
 void af_usage_store_destroy(af_usage_store_t *s)
@@ -388,20 +412,105 @@ static void emit(af_usage_result_t *out, const af_usage_bucket_t *b)
   }
 }
 
+void af__usage_fold_begin(af__usage_fold_t *f, const af_usage_query_t *q,
+                          af_usage_result_t *out)
+{
+  memset(f, 0, sizeof(*f));
+  f->q = *q;
+  f->out = out;
+  f->last_day = -1;
+  memset(&out->total, 0, sizeof(out->total));
+  out->n_buckets = 0;
+  out->truncated = false;
+}
+
+void af__usage_fold_hour(
+    af__usage_fold_t *f, int64_t hour,
+    const af_usage_agg_t m[AF_METER_OPERATION_COUNT][AF_METER_TIER_COUNT])
+{
+  const af_usage_query_t *q = &f->q;
+  af_usage_result_t *out = f->out;
+  af_usage_agg_t hour_sum;
+  memset(&hour_sum, 0, sizeof(hour_sum));
+  for (int op = 1; op <= AF_METER_OPERATION_COUNT; op++) {
+    for (int tier = 1; tier <= AF_METER_TIER_COUNT; tier++) {
+      const af_usage_agg_t *a = &m[op - 1][tier - 1];
+      if (a->count == 0 || !op_match(q, op) || !tier_match(q, tier)) {
+        continue;
+      }
+      agg_add(&hour_sum, a);
+      agg_add(&f->per_op[op - 1], a);
+      agg_add(&f->per_tier[tier - 1], a);
+    }
+  }
+  if (hour_sum.count == 0) {
+    return;
+  }
+  agg_add(&out->total, &hour_sum);
+  af_usage_bucket_t b;
+  memset(&b, 0, sizeof(b));
+  b.agg = hour_sum;
+  if (q->group_by == AF_USAGE_GROUP_HOUR) {
+    b.start_ns = hour * HOUR_NS;
+    emit(out, &b);
+  } else if (q->group_by == AF_USAGE_GROUP_DAY) {
+    int64_t day = hour / HOURS_PER_DAY;
+    if (day == f->last_day) {
+      if (f->last_emitted) {
+        agg_add(&out->buckets[out->n_buckets - 1].agg, &hour_sum);
+      }
+    } else {
+      b.start_ns = day * HOURS_PER_DAY * HOUR_NS;
+      size_t before = out->n_buckets;
+      emit(out, &b);
+      f->last_day = day;
+      f->last_emitted = out->n_buckets > before;
+    }
+  }
+}
+
+void af__usage_fold_end(af__usage_fold_t *f)
+{
+  af_usage_result_t *out = f->out;
+  af_usage_bucket_t b;
+  switch (f->q.group_by) {
+  case AF_USAGE_GROUP_OPERATION:
+    for (int op = 1; op <= AF_METER_OPERATION_COUNT; op++) {
+      if (f->per_op[op - 1].count > 0) {
+        memset(&b, 0, sizeof(b));
+        b.operation = (af_meter_operation_t)op;
+        b.agg = f->per_op[op - 1];
+        emit(out, &b);
+      }
+    }
+    break;
+  case AF_USAGE_GROUP_TIER:
+    for (int tier = 1; tier <= AF_METER_TIER_COUNT; tier++) {
+      if (f->per_tier[tier - 1].count > 0) {
+        memset(&b, 0, sizeof(b));
+        b.tier = (af_meter_tier_t)tier;
+        b.agg = f->per_tier[tier - 1];
+        emit(out, &b);
+      }
+    }
+    break;
+  case AF_USAGE_GROUP_NONE:
+    memset(&b, 0, sizeof(b));
+    b.agg = out->total;
+    emit(out, &b);
+    break;
+  default:
+    break;
+  }
+}
+
 static af_status_t mem_query(af_usage_store_t *base, const af_usage_query_t *q,
                              af_usage_result_t *out, af_error_t *err)
 {
   (void)err;
   mem_store_t *s = (mem_store_t *)base;
-  af_usage_agg_t per_op[AF_METER_OPERATION_COUNT];
-  af_usage_agg_t per_tier[AF_METER_TIER_COUNT];
-  memset(per_op, 0, sizeof(per_op));
-  memset(per_tier, 0, sizeof(per_tier));
-  memset(&out->total, 0, sizeof(out->total));
-  out->n_buckets = 0;
-  out->truncated = false;
-  int64_t last_day = -1;
-  bool last_emitted = false;
+  af__usage_fold_t f;
+  af__usage_fold_begin(&f, q, out);
 
   pthread_mutex_lock(&s->mu);
   tenant_t *t = tenant_find(s, q->tenant_id, fnv1a(q->tenant_id, FNV_OFFSET));
@@ -423,77 +532,11 @@ static af_status_t mem_query(af_usage_store_t *base, const af_usage_query_t *q,
           }
         }
       }
-      af_usage_agg_t hour_sum;
-      memset(&hour_sum, 0, sizeof(hour_sum));
-      for (int op = 1; op <= AF_METER_OPERATION_COUNT; op++) {
-        for (int tier = 1; tier <= AF_METER_TIER_COUNT; tier++) {
-          const af_usage_agg_t *a = &m[op - 1][tier - 1];
-          if (a->count == 0 || !op_match(q, op) || !tier_match(q, tier)) {
-            continue;
-          }
-          agg_add(&hour_sum, a);
-          agg_add(&per_op[op - 1], a);
-          agg_add(&per_tier[tier - 1], a);
-        }
-      }
-      if (hour_sum.count == 0) {
-        continue;
-      }
-      agg_add(&out->total, &hour_sum);
-      af_usage_bucket_t b;
-      memset(&b, 0, sizeof(b));
-      b.agg = hour_sum;
-      if (q->group_by == AF_USAGE_GROUP_HOUR) {
-        b.start_ns = h_start;
-        emit(out, &b);
-      } else if (q->group_by == AF_USAGE_GROUP_DAY) {
-        int64_t day = hr->hour / HOURS_PER_DAY;
-        if (day == last_day) {
-          if (last_emitted) {
-            agg_add(&out->buckets[out->n_buckets - 1].agg, &hour_sum);
-          }
-        } else {
-          b.start_ns = day * HOURS_PER_DAY * HOUR_NS;
-          size_t before = out->n_buckets;
-          emit(out, &b);
-          last_day = day;
-          last_emitted = out->n_buckets > before;
-        }
-      }
+      af__usage_fold_hour(&f, hr->hour, (const af_usage_agg_t(*)[4])m);
     }
   }
   pthread_mutex_unlock(&s->mu);
-
-  af_usage_bucket_t b;
-  switch (q->group_by) {
-  case AF_USAGE_GROUP_OPERATION:
-    for (int op = 1; op <= AF_METER_OPERATION_COUNT; op++) {
-      if (per_op[op - 1].count > 0) {
-        memset(&b, 0, sizeof(b));
-        b.operation = (af_meter_operation_t)op;
-        b.agg = per_op[op - 1];
-        emit(out, &b);
-      }
-    }
-    break;
-  case AF_USAGE_GROUP_TIER:
-    for (int tier = 1; tier <= AF_METER_TIER_COUNT; tier++) {
-      if (per_tier[tier - 1].count > 0) {
-        memset(&b, 0, sizeof(b));
-        b.tier = (af_meter_tier_t)tier;
-        b.agg = per_tier[tier - 1];
-        emit(out, &b);
-      }
-    }
-    break;
-  case AF_USAGE_GROUP_NONE:
-    memset(&b, 0, sizeof(b));
-    b.agg = out->total;
-    emit(out, &b);
-    break;
-  default:
-    break;
-  }
+  af__usage_fold_end(&f);
   return AF_OK;
 }
 

@@ -7,7 +7,10 @@
  *
  * Thread-safety: every function on a store is thread-safe (the meter's
  * flusher applies batches while CQ threads query). destroy is single-owner:
- * call it once, after every other call returned.
+ * call it once, after every other call returned. apply may block (SQLite:
+ * until the batch committed) and is called from the meter's flusher or the
+ * owner thread only; CQ threads use af_usage_store_query_async, never
+ * af_usage_store_query.
  */
 #ifndef AF_USAGE_STORE_H
 #define AF_USAGE_STORE_H
@@ -18,6 +21,7 @@
 
 #include "af/meter.h"
 #include "af/status.h"
+#include "store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -81,6 +85,14 @@ typedef struct {
   af_status_t (*query)(af_usage_store_t *s, const af_usage_query_t *q,
                        af_usage_result_t *out, af_error_t *err);
   void (*destroy)(af_usage_store_t *s);
+  /* Optional (last, so older initialisers stay valid): the query off the
+   * caller's thread (see af_usage_store_query_async). NULL: query runs
+   * inline. */
+  af_status_t (*query_async)(af_usage_store_t *s, const af_usage_query_t *q,
+                             af_usage_result_t *out,
+                             void (*done)(af_status_t st, const af_error_t *err,
+                                          void *ctx),
+                             void *ctx, af_error_t *err);
 } af_usage_store_ops_t;
 
 /* The part of every store the callers see; implementations embed it
@@ -96,10 +108,19 @@ struct af_usage_store {
  * *out untouched on failure. */
 af_status_t af_usage_store_memory_create(af_usage_store_t **out);
 
+/* The SQLite store (usage_sqlite.c): ledger table usage_events with
+ * UNIQUE(tenant_id, event_id), hourly aggregates in usage_hourly updated in
+ * the same transaction. apply queues the batch on db's writer and waits
+ * for its commit (group commit with whatever else is queued); queries run
+ * on db's reader thread. db retained: it must outlive the store. durable
+ * is true. Returns AF_OK and *out, or AF_ENOMEM. */
+af_status_t af_usage_store_sqlite_create(af_usage_store_t **out,
+                                         af_store_t *db);
+
 /* The store afd uses: the factory installed with af__usage_store_set_factory
- * if any, else the in-memory store (the SQLite store will be chosen here).
- * Same returns as the factory. */
-af_status_t af_usage_store_open(af_usage_store_t **out);
+ * if any, else the SQLite store on db, or the in-memory store when db is
+ * NULL (--memory). Same returns as the factory. */
+af_status_t af_usage_store_open(af_usage_store_t **out, af_store_t *db);
 
 /* Test seam: process-wide, the next af_usage_store_open calls fn(out, ctx)
  * instead (e.g. a store that wraps the memory store and holds apply back
@@ -115,8 +136,42 @@ af_status_t af_usage_store_apply(af_usage_store_t *s,
                                  uint8_t *dup, af_error_t *err);
 af_status_t af_usage_store_query(af_usage_store_t *s, const af_usage_query_t *q,
                                  af_usage_result_t *out, af_error_t *err);
+
+/* Runs q and calls done(st, err, ctx) exactly once: on the store's reader
+ * thread (SQLite) or inline before returning (memory, test stores). q is
+ * copied (its tenant_id too); out (with buckets / max_buckets set) and ctx
+ * retained until done ran; *out is filled when st is AF_OK. Returns AF_OK
+ * if done will be / was called; otherwise an error (AF_ESHUTDOWN: the store
+ * is closed; AF_ENOMEM) with err set, and done is not called. Never
+ * blocks. */
+typedef void (*af_usage_query_done_fn)(af_status_t st, const af_error_t *err,
+                                       void *ctx);
+af_status_t af_usage_store_query_async(af_usage_store_t *s,
+                                       const af_usage_query_t *q,
+                                       af_usage_result_t *out,
+                                       af_usage_query_done_fn done, void *ctx,
+                                       af_error_t *err);
 /* NULL is a no-op. */
 void af_usage_store_destroy(af_usage_store_t *s);
+
+/* Internal to the stores: folds per-hour aggregates, in hour order, into
+ * a result (grouping, filters, truncation, total) the same way for every
+ * store. */
+typedef struct {
+  af_usage_query_t q;
+  af_usage_result_t *out;
+  af_usage_agg_t per_op[AF_METER_OPERATION_COUNT];
+  af_usage_agg_t per_tier[AF_METER_TIER_COUNT];
+  int64_t last_day;
+  bool last_emitted;
+} af__usage_fold_t;
+void af__usage_fold_begin(af__usage_fold_t *f, const af_usage_query_t *q,
+                          af_usage_result_t *out);
+/* m: the hour's aggregates restricted to [start, end) (borrowed). */
+void af__usage_fold_hour(
+    af__usage_fold_t *f, int64_t hour,
+    const af_usage_agg_t m[AF_METER_OPERATION_COUNT][AF_METER_TIER_COUNT]);
+void af__usage_fold_end(af__usage_fold_t *f);
 
 #ifdef __cplusplus
 }

@@ -274,8 +274,8 @@ static void gated_destroy(af_usage_store_t *s)
   free(g);
 }
 
-static const af_usage_store_ops_t gated_ops = {gated_apply, gated_query,
-                                               gated_destroy};
+static const af_usage_store_ops_t gated_ops = {
+    .apply = gated_apply, .query = gated_query, .destroy = gated_destroy};
 
 static af_status_t gated_factory(af_usage_store_t **out, void *ctx)
 {

@@ -302,6 +302,15 @@ typedef struct {
 af_status_t af_recovery_history(af_recovery_t *r, af_recovery_result_t **out,
                                 size_t *n);
 
+/* Puts n results (borrowed, oldest first) into the history as if they had
+ * finished in that order after everything already in it (the oldest are
+ * dropped past history_size). For restoring a history saved before a
+ * restart; no callback fires and no counter moves. AF_EINVAL on NULL
+ * arguments (n == 0 with NULL results is fine). */
+af_status_t af_recovery_history_restore(af_recovery_t *r,
+                                        const af_recovery_result_t *results,
+                                        size_t n);
+
 /* Starts every attempt that is due (4, 5), with callbacks called without the
  * lock on the calling thread. An attempt that is rescheduled during this
  * call (e.g. an IMMEDIATE retry after a probe that failed at once) waits for

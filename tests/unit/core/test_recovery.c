@@ -1084,6 +1084,46 @@ static void history_keeps_only_newest_results(void **state)
   teardown(&st);
 }
 
+static void restored_history_comes_first_and_keeps_only_newest(void **state)
+{
+  (void)state;
+  fx_t *fx = fx_new();
+  af_recovery_config_t cfg;
+  fx_config(fx, &cfg);
+  cfg.history_size = 3;
+  fx_start(fx, &cfg);
+  af_recovery_result_t saved[2];
+  memset(saved, 0, sizeof(saved));
+  for (int i = 0; i < 2; i++) {
+    saved[i].task_id = (uint64_t)(i + 1);
+    snprintf(saved[i].service, sizeof(saved[i].service), "old%d", i);
+    saved[i].state = AF_RECOVERY_SUCCEEDED;
+    saved[i].attempts = 2;
+    saved[i].finished_wall_ns = 1000 + i;
+  }
+  assert_int_equal(af_recovery_history_restore(fx->r, saved, 2), AF_OK);
+  assert_int_equal(af_recovery_history_restore(fx->r, NULL, 0), AF_OK);
+  assert_int_equal(af_recovery_history_restore(NULL, saved, 2), AF_EINVAL);
+  af_recovery_metrics_t m;
+  af_recovery_metrics(fx->r, &m);
+  assert_int_equal(m.succeeded, 0);
+  af_recovery_schedule(fx->r, "new", 0, NULL, NULL, NULL, NULL);
+  assert_int_equal(af_recovery_cancel(fx->r, "new"), AF_OK);
+  af_recovery_schedule(fx->r, "newer", 0, NULL, NULL, NULL, NULL);
+  assert_int_equal(af_recovery_cancel(fx->r, "newer"), AF_OK);
+  af_recovery_result_t *h;
+  size_t n;
+  assert_int_equal(af_recovery_history(fx->r, &h, &n), AF_OK);
+  assert_int_equal(n, 3);
+  assert_string_equal(h[0].service, "old1");
+  assert_int_equal(h[0].attempts, 2);
+  assert_string_equal(h[1].service, "new");
+  assert_string_equal(h[2].service, "newer");
+  af_free(h);
+  void *st = fx;
+  teardown(&st);
+}
+
 static void empty_history_and_list_return_null(void **state)
 {
   fx_t *fx = *state;
@@ -1380,6 +1420,7 @@ int main(void)
           decorrelated_jitter_stays_between_initial_and_cap, setup, teardown),
       cmocka_unit_test(retry_budget_defers_attempts_instead_of_dropping),
       cmocka_unit_test(history_keeps_only_newest_results),
+      cmocka_unit_test(restored_history_comes_first_and_keeps_only_newest),
       cmocka_unit_test_setup_teardown(empty_history_and_list_return_null, setup,
                                       teardown),
       cmocka_unit_test(task_limit_refuses_then_evicts_oldest_final),
