@@ -272,7 +272,8 @@ static void on_get_health_history(af_rpc_t *rpc, const ProtobufCMessage *msg,
   if (keep > AF_SVC_HEALTH_HISTORY_MAX) {
     keep = AF_SVC_HEALTH_HISTORY_MAX;
   }
-  const af_health_snapshot_t *from = snaps + (n - keep); /* newest `keep` */
+  /* newest `keep`; snaps is NULL when the history is empty */
+  const af_health_snapshot_t *from = snaps != NULL ? snaps + (n - keep) : NULL;
   Antifragility__V1__HealthSnapshot *pbs = NULL;
   Antifragility__V1__HealthSnapshot **ptrs = NULL;
   Google__Protobuf__Timestamp *tss = NULL;
