@@ -5,8 +5,10 @@
 #   scripts/fuzz.sh                 30 s per harness
 #   AF_FUZZ_SECONDS=600 scripts/fuzz.sh
 #
-# A crash stops the run with libFuzzer's report and the input under
-# build/fuzz/artifacts/; the corpora grow in build/fuzz/corpus/ across runs.
+# Inputs that once failed (tests/fuzz/regressions/<harness>/) are replayed
+# first. A crash stops the run with libFuzzer's report and the input under
+# build/fuzz/artifacts/ (add it to regressions/ with the fix); the corpora
+# grow in build/fuzz/corpus/ across runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,24 @@ mkdir -p "$out/corpus/requests" "$out/corpus/responses" \
   "$out/corpus/afd" "$out/artifacts"
 "$out/tests/fuzz/fuzz_seeds" "$out/corpus/requests" "$out/corpus/responses"
 cp -n "$out"/corpus/requests/seed-* "$out/corpus/afd/" 2>/dev/null || true
+
+# UBSan reports are fatal, as in the ASan suite.
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+# Every input that once crashed a harness (tests/fuzz/regressions/<harness>/)
+# is replayed first: a fix that regresses fails here, before any fuzzing.
+replay() {
+  local name=$1
+  shift
+  local dir=tests/fuzz/regressions/$name
+  [ -d "$dir" ] || return 0
+  echo "== $name: replaying $(ls "$dir" | wc -l) regression input(s) =="
+  "$out/tests/fuzz/$name" "$@" "$dir"/* >"$out/$name.replay.log" 2>&1 || {
+    tail -40 "$out/$name.replay.log"
+    echo "fuzz: $name regression input failed" >&2
+    exit 1
+  }
+}
 
 run() {
   local name=$1 corpus=$2
@@ -35,6 +55,9 @@ run() {
   grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' "$out/$name.log" |
     sed "s/^/  $name /"
 }
+ASAN_OPTIONS=detect_leaks=1 replay fuzz_decode
+ASAN_OPTIONS=detect_leaks=1 replay fuzz_client_decode
+ASAN_OPTIONS=detect_leaks=0 replay fuzz_afd -detect_leaks=0
 ASAN_OPTIONS=detect_leaks=1 run fuzz_decode requests
 ASAN_OPTIONS=detect_leaks=1 run fuzz_client_decode responses
 ASAN_OPTIONS=detect_leaks=0 run fuzz_afd afd -detect_leaks=0

@@ -418,6 +418,28 @@ static void history_rejects_bad_windows_with_invalid_argument(void **state)
   assert_null(resp);
 }
 
+/* Regression (fuzz_afd under clang's UBSan): a history request whose window
+ * holds no snapshot offset a NULL pointer. gcc's UBSan does not check that;
+ * tests/fuzz/regressions/fuzz_afd replays the input under clang. Here: the
+ * empty answer itself. */
+static void history_before_the_first_snapshot_is_empty(void **state)
+{
+  (void)state;
+  af_config_t cfg;
+  af_ts_config_defaults(&cfg);
+  cfg.health_interval_ms = 3600000;
+  fx_t *f = fx_start(&cfg);
+  Antifragility__V1__GetHealthHistoryResponse *r = NULL;
+  assert_int_equal(history(f, NULL, 0, &r, NULL), GRPC_STATUS_OK);
+  assert_true(r->n_snapshots <= 1); /* at most a snapshot taken at start */
+  free_msg(r);
+  Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
+  d.nanos = 1000000; /* 1 ms: nothing that old or newer but the start one */
+  assert_int_equal(history(f, &d, 1, &r, NULL), GRPC_STATUS_OK);
+  free_msg(r);
+  fx_stop(f);
+}
+
 static void history_holds_snapshots_oldest_first(void **state)
 {
   (void)state;
@@ -857,6 +879,7 @@ int main(void)
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(
           history_rejects_bad_windows_with_invalid_argument, setup, teardown),
+      cmocka_unit_test(history_before_the_first_snapshot_is_empty),
       cmocka_unit_test(history_holds_snapshots_oldest_first),
       cmocka_unit_test(metrics_count_breakers_history_and_status_changes),
       cmocka_unit_test_setup_teardown(watch_sends_the_current_report_first,
