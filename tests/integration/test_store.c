@@ -958,53 +958,49 @@ static void *crash_worker(void *p)
   return NULL;
 }
 
-static void
-sigkill_loses_no_acknowledged_event_and_replay_counts_once(void **state)
+/* Runs CRASH_WORKERS clients (worker 0 streaming) against p until some
+ * events were acknowledged, then stops afd with sig at a random moment and
+ * joins them. *sent / *acked count what was sent and acknowledged.
+ * Returns afd's wait status. args returns owned by the caller (static). */
+static int load_then_signal(proc_t *p, int sig, crash_arg_t *args, int *sent,
+                            int *acked)
 {
-  (void)state;
-  data_dir_t d;
-  dir_make(&d);
-  proc_t p;
-  proc_start(&p, &d, "1");
-
-  static crash_arg_t args[CRASH_WORKERS];
   _Atomic bool stop = false;
   pthread_t th[CRASH_WORKERS];
   for (int i = 0; i < CRASH_WORKERS; i++) {
     memset(&args[i], 0, sizeof(args[i]));
-    args[i].port = p.port;
+    args[i].port = p->port;
     args[i].index = i;
     args[i].streaming = i == 0;
     args[i].stop = &stop;
     assert_int_equal(pthread_create(&th[i], NULL, crash_worker, &args[i]), 0);
   }
-  /* Let some events be acknowledged, then kill at a random moment. */
   int64_t deadline = af_tc_now_ms() + 10000;
   while (args[1].sent < 50 && af_tc_now_ms() < deadline) {
     nap_ms(5);
   }
   srand((unsigned)time(NULL) ^ (unsigned)getpid());
   nap_ms(20 + rand() % 300);
-  proc_stop(&p, SIGKILL);
+  int status = proc_stop(p, sig);
   stop = true;
   for (int i = 0; i < CRASH_WORKERS; i++) {
     pthread_join(th[i], NULL);
   }
-
-  int sent = 0;
-  int acked = 0;
+  *sent = *acked = 0;
   for (int i = 0; i < CRASH_WORKERS; i++) {
-    sent += args[i].sent;
+    *sent += args[i].sent;
     for (int k = 0; k < args[i].sent; k++) {
-      acked += args[i].acked[k];
+      *acked += args[i].acked[k];
     }
   }
-  print_message("crash: %d sent, %d acknowledged before SIGKILL\n", sent,
-                acked);
-  assert_true(acked > 0);
+  return status;
+}
 
-  proc_start(&p, &d, "2");
-  sqlite3 *db = db_open(&d);
+/* Fails unless every acknowledged event of args is in the ledger once. */
+static void acknowledged_are_in_the_ledger(const data_dir_t *d,
+                                           const crash_arg_t *args)
+{
+  sqlite3 *db = db_open(d);
   for (int i = 0; i < CRASH_WORKERS; i++) {
     for (int k = 0; k < args[i].sent; k++) {
       if (args[i].acked[k]) {
@@ -1016,6 +1012,30 @@ sigkill_loses_no_acknowledged_event_and_replay_counts_once(void **state)
       }
     }
   }
+  sqlite3_close(db);
+}
+
+static void
+sigkill_loses_no_acknowledged_event_and_replay_counts_once(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  proc_t p;
+  proc_start(&p, &d, "1");
+
+  /* Let some events be acknowledged, then kill at a random moment. */
+  static crash_arg_t args[CRASH_WORKERS];
+  int sent = 0;
+  int acked = 0;
+  load_then_signal(&p, SIGKILL, args, &sent, &acked);
+  print_message("crash: %d sent, %d acknowledged before SIGKILL\n", sent,
+                acked);
+  assert_true(acked > 0);
+
+  proc_start(&p, &d, "2");
+  acknowledged_are_in_the_ledger(&d, args);
+  sqlite3 *db = db_open(&d);
   /* The aggregates agree with the ledger after the crash. */
   int64_t in_ledger =
       db_int(db, "SELECT count(*) FROM usage_events WHERE tenant_id = 'crash'",
@@ -1074,26 +1094,8 @@ static void sigterm_under_load_keeps_every_acknowledged_event(void **state)
   free_msg(first);
 
   static crash_arg_t args[CRASH_WORKERS];
-  _Atomic bool stop = false;
-  pthread_t th[CRASH_WORKERS];
-  for (int i = 0; i < CRASH_WORKERS; i++) {
-    memset(&args[i], 0, sizeof(args[i]));
-    args[i].port = p.port;
-    args[i].index = i;
-    args[i].streaming = i == 0;
-    args[i].stop = &stop;
-    assert_int_equal(pthread_create(&th[i], NULL, crash_worker, &args[i]), 0);
-  }
-  int64_t deadline = af_tc_now_ms() + 10000;
-  while (args[1].sent < 50 && af_tc_now_ms() < deadline) {
-    nap_ms(5);
-  }
-  nap_ms(20 + rand() % 200);
-  int status = proc_stop(&p, SIGTERM);
-  stop = true;
-  for (int i = 0; i < CRASH_WORKERS; i++) {
-    pthread_join(th[i], NULL);
-  }
+  int sent = 0, acked = 0;
+  int status = load_then_signal(&p, SIGTERM, args, &sent, &acked);
   assert_true(WIFEXITED(status));
   assert_int_equal(WEXITSTATUS(status), 0);
   af_tc_status_t st;
@@ -1102,30 +1104,11 @@ static void sigterm_under_load_keeps_every_acknowledged_event(void **state)
   af_tc_stream_close(watch);
   af_tc_close(wc);
 
-  int sent = 0, acked = 0;
-  for (int i = 0; i < CRASH_WORKERS; i++) {
-    sent += args[i].sent;
-    for (int k = 0; k < args[i].sent; k++) {
-      acked += args[i].acked[k];
-    }
-  }
   print_message("sigterm: %d sent, %d acknowledged before the stop\n", sent,
                 acked);
   assert_true(acked > 0);
   proc_start(&p, &d, "t2");
-  sqlite3 *db = db_open(&d);
-  for (int i = 0; i < CRASH_WORKERS; i++) {
-    for (int k = 0; k < args[i].sent; k++) {
-      if (args[i].acked[k]) {
-        char id[32];
-        crash_id(id, sizeof id, i, k);
-        if (ledger_count(db, "crash", id) != 1) {
-          fail_msg("acknowledged event %s is not in the ledger", id);
-        }
-      }
-    }
-  }
-  sqlite3_close(db);
+  acknowledged_are_in_the_ledger(&d, args);
   status = proc_stop(&p, SIGTERM);
   assert_true(WIFEXITED(status));
   assert_int_equal(WEXITSTATUS(status), 0);
