@@ -106,3 +106,59 @@ size_t af_hub_count(af_hub_t *hub)
   pthread_mutex_unlock(&hub->mu);
   return n;
 }
+
+/* ------------------------------------------------------------------ */
+/* Per-stream event FIFO                                              */
+
+void af_evq_init(af_evq_t *q, size_t max)
+{
+  q->head = q->tail = NULL;
+  q->n = 0;
+  q->max = max > 0 ? max : 1;
+  q->dropped = 0;
+}
+
+af_evq_node_t *af_evq_push(af_evq_t *q, af_evq_node_t *e)
+{
+  e->next = NULL;
+  if (q->tail != NULL)
+    q->tail->next = e;
+  else
+    q->head = e;
+  q->tail = e;
+  if (++q->n <= q->max)
+    return NULL;
+  af_evq_node_t *old = af_evq_pop(q);
+  q->dropped++;
+  return old;
+}
+
+af_evq_node_t *af_evq_pop(af_evq_t *q)
+{
+  af_evq_node_t *e = q->head;
+  if (e == NULL)
+    return NULL;
+  q->head = e->next;
+  if (q->head == NULL)
+    q->tail = NULL;
+  q->n--;
+  e->next = NULL;
+  return e;
+}
+
+af_evq_node_t *af_evq_take_all(af_evq_t *q)
+{
+  af_evq_node_t *all = q->head;
+  q->head = q->tail = NULL;
+  q->n = 0;
+  return all;
+}
+
+void af_evq_free_list(af_evq_node_t *list)
+{
+  while (list != NULL) {
+    af_evq_node_t *next = list->next;
+    af_free(list);
+    list = next;
+  }
+}

@@ -45,6 +45,34 @@ void af_hub_remove(af_hub_t *hub, af_stream_t *st);
 void af_hub_publish(af_hub_t *hub, const af_engine_event_t *ev);
 size_t af_hub_count(af_hub_t *hub);
 
+/* A stream's bounded FIFO of pending events, for watchers that send every
+ * event (not only the latest state): past max, the oldest is dropped and
+ * counted in `dropped` (reported to the client as `coalesced`). Nodes are
+ * the caller's structs with an af_evq_node_t as their first member,
+ * allocated by the caller. Not locked: the stream's own mutex guards it. */
+typedef struct af_evq_node {
+  struct af_evq_node *next;
+} af_evq_node_t;
+
+typedef struct {
+  af_evq_node_t *head, *tail;
+  size_t n, max;
+  uint64_t dropped;
+} af_evq_t;
+
+/* An empty queue holding at most max (>= 1) events. Cannot fail. */
+void af_evq_init(af_evq_t *q, size_t max);
+/* Appends e (takes it). Returns the node dropped to make room (the caller
+ * frees it, preferably after unlocking), or NULL. */
+af_evq_node_t *af_evq_push(af_evq_t *q, af_evq_node_t *e);
+/* Takes the oldest event (returns owned), or NULL if empty. */
+af_evq_node_t *af_evq_pop(af_evq_t *q);
+/* Takes every event at once (a NULL-terminated list, returns owned) and
+ * empties the queue; `dropped` is kept. */
+af_evq_node_t *af_evq_take_all(af_evq_t *q);
+/* af_free's every node of a list from af_evq_take_all (NULL: no-op). */
+void af_evq_free_list(af_evq_node_t *list);
+
 #ifdef __cplusplus
 }
 #endif

@@ -691,7 +691,7 @@ static void on_check_injection(af_rpc_t *rpc, const ProtobufCMessage *msg,
 /* WatchScenarios                                                     */
 
 typedef struct watch_ev {
-  struct watch_ev *next;
+  af_evq_node_t node; /* first: queued in watch_t.q */
   Antifragility__V1__ScenarioEventKind kind;
   bool has_scenario;
   af_chaos_scenario_t scenario;
@@ -706,9 +706,7 @@ typedef struct {
   pthread_mutex_t mu;
   /* under mu: */
   bool snapshot_sent;
-  watch_ev_t *head, *tail;
-  size_t queued;
-  uint64_t coalesced;
+  af_evq_t q; /* events since the snapshot; dropped = coalesced */
 } watch_t;
 
 /* One message being sent; msg first so the free function finds the rest. */
@@ -721,15 +719,6 @@ typedef struct {
   pb_scenario_t active[LIST_WIRE_MAX];
   Antifragility__V1__ChaosScenario *active_ptrs[LIST_WIRE_MAX];
 } watch_out_t;
-
-static void free_events(watch_ev_t *e)
-{
-  while (e != NULL) {
-    watch_ev_t *next = e->next;
-    af_free(e);
-    e = next;
-  }
-}
 
 static void watch_out_free(ProtobufCMessage *msg)
 {
@@ -770,12 +759,11 @@ static void watch_on_event(af_stream_t *st, void *user,
   watch_ev_t *e = af_malloc(sizeof *e);
   if (e == NULL) {
     pthread_mutex_lock(&w->mu);
-    w->coalesced++;
+    w->q.dropped++;
     pthread_mutex_unlock(&w->mu);
     af_stream_notify(st);
     return;
   }
-  e->next = NULL;
   e->kind = ev_kind_to_pb(ce->kind);
   e->has_scenario = ce->scenario != NULL;
   if (e->has_scenario) {
@@ -785,21 +773,8 @@ static void watch_on_event(af_stream_t *st, void *user,
   e->stopped =
       ce->kind == AF_CHAOS_EV_EMERGENCY_STOP ||
       (ce->kind != AF_CHAOS_EV_RESET && af_chaos_stopped(chaos_of(w->app)));
-  watch_ev_t *dropped = NULL;
   pthread_mutex_lock(&w->mu);
-  if (w->tail != NULL) {
-    w->tail->next = e;
-  } else {
-    w->head = e;
-  }
-  w->tail = e;
-  if (++w->queued > WATCH_QUEUE_MAX) {
-    dropped = w->head;
-    w->head = dropped->next;
-    dropped->next = NULL;
-    w->queued--;
-    w->coalesced++;
-  }
+  af_evq_node_t *dropped = af_evq_push(&w->q, &e->node);
   pthread_mutex_unlock(&w->mu);
   af_free(dropped);
   af_stream_notify(st);
@@ -832,32 +807,24 @@ static ProtobufCMessage *watch_fill(af_stream_t *st, bool heartbeat, void *user,
     af_log(AF_LOG_ERROR, "WatchScenarios: out of memory, message skipped");
     return NULL;
   }
-  watch_ev_t *stale = NULL;
+  af_evq_node_t *stale = NULL;
   pthread_mutex_lock(&w->mu);
   bool first = !w->snapshot_sent;
   if (first) {
     /* Everything queued so far is in the snapshot. */
     w->snapshot_sent = true;
-    stale = w->head;
-    w->head = w->tail = NULL;
-    w->queued = 0;
-    w->coalesced = 0;
-  } else if (w->head != NULL) {
-    o->ev = w->head;
-    w->head = o->ev->next;
-    if (w->head == NULL) {
-      w->tail = NULL;
-    }
-    w->queued--;
-    o->ev->next = NULL;
+    stale = af_evq_take_all(&w->q);
+    w->q.dropped = 0;
+  } else {
+    o->ev = (watch_ev_t *)(void *)af_evq_pop(&w->q);
   }
-  bool more = w->head != NULL;
-  uint64_t coalesced = w->coalesced;
+  bool more = w->q.head != NULL;
+  uint64_t coalesced = w->q.dropped;
   if (first || o->ev != NULL || heartbeat) {
-    w->coalesced = 0;
+    w->q.dropped = 0;
   }
   pthread_mutex_unlock(&w->mu);
-  free_events(stale);
+  af_evq_free_list(stale);
   if (!first && o->ev == NULL && !heartbeat) {
     af_free(o);
     return NULL;
@@ -902,7 +869,7 @@ static void watch_done(af_stream_t *st, void *user)
 {
   watch_t *w = user;
   af_hub_remove(w->app->chaos_hub, st);
-  free_events(w->head);
+  af_evq_free_list(af_evq_take_all(&w->q));
   pthread_mutex_destroy(&w->mu);
   af_free(w);
 }
@@ -920,6 +887,7 @@ static void on_watch(af_stream_t *st, const ProtobufCMessage *msg, void *ctx)
   w->app = app;
   w->st = st;
   w->include_active = q->include_active;
+  af_evq_init(&w->q, WATCH_QUEUE_MAX);
   pthread_mutex_init(&w->mu, NULL);
   if (af_hub_add(app->chaos_hub, st, w, watch_on_event) != AF_OK) {
     pthread_mutex_destroy(&w->mu);
@@ -929,7 +897,7 @@ static void on_watch(af_stream_t *st, const ProtobufCMessage *msg, void *ctx)
   }
   if (af_stream_set_producer(st, watch_fill, watch_done, w) != AF_OK) {
     af_hub_remove(app->chaos_hub, st);
-    free_events(w->head);
+    af_evq_free_list(af_evq_take_all(&w->q));
     pthread_mutex_destroy(&w->mu);
     af_free(w);
   }

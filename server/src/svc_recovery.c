@@ -906,7 +906,7 @@ static void on_probe_done(const af_probe_job_t *job, bool healthy,
 /* WatchRecovery                                                      */
 
 typedef struct watch_ev {
-  struct watch_ev *next;
+  af_evq_node_t node; /* first: queued in watch_t.q */
   af_recovery_task_t task;
 } watch_ev_t;
 
@@ -922,9 +922,7 @@ typedef struct {
   bool snapshot_started;
   af_recovery_task_t *snap; /* SNAPSHOT messages still to send */
   size_t snap_n, snap_i;
-  watch_ev_t *head, *tail;
-  size_t queued;
-  uint64_t coalesced;
+  af_evq_t q; /* changes after the snapshot; dropped = coalesced */
   seen_t seen[WATCH_SEEN_MAX];
   size_t seen_next;
 } watch_t;
@@ -938,15 +936,6 @@ typedef struct {
 } watch_out_t;
 
 static void watch_out_free(ProtobufCMessage *msg) { af_free(msg); }
-
-static void free_events(watch_ev_t *e)
-{
-  while (e != NULL) {
-    watch_ev_t *next = e->next;
-    af_free(e);
-    e = next;
-  }
-}
 
 /* False if a snapshot of this task at least as new was queued or sent;
  * otherwise remembers this version (w->mu held). */
@@ -975,28 +964,16 @@ static void watch_on_event(af_stream_t *st, void *user,
   if (w->service[0] != '\0' && strcmp(w->service, ev->task->service) != 0)
     return;
   watch_ev_t *e = af_malloc(sizeof *e);
-  watch_ev_t *dropped = NULL;
+  void *dropped = NULL;
   pthread_mutex_lock(&w->mu);
   if (e == NULL) {
-    w->coalesced++;
+    w->q.dropped++;
   } else if (!seen_newer(w, ev->task)) {
     dropped = e; /* older than what the stream has */
     e = NULL;
   } else {
-    e->next = NULL;
     e->task = *ev->task;
-    if (w->tail != NULL)
-      w->tail->next = e;
-    else
-      w->head = e;
-    w->tail = e;
-    if (++w->queued > WATCH_QUEUE_MAX) {
-      dropped = w->head;
-      w->head = dropped->next;
-      dropped->next = NULL;
-      w->queued--;
-      w->coalesced++;
-    }
+    dropped = af_evq_push(&w->q, &e->node);
   }
   pthread_mutex_unlock(&w->mu);
   af_free(dropped);
@@ -1069,24 +1046,20 @@ static ProtobufCMessage *watch_fill(af_stream_t *st, bool heartbeat, void *user,
     for (size_t i = 0; i < k; i++)
       (void)seen_newer(w, &w->snap[i]);
     /* Drop queued events that the snapshot already covers. */
-    for (watch_ev_t **p = &w->head; *p != NULL;) {
+    af_evq_node_t *queued = af_evq_take_all(&w->q);
+    while (queued != NULL) {
+      watch_ev_t *e = (watch_ev_t *)(void *)queued;
+      queued = queued->next;
       bool covered = false;
       for (size_t i = 0; i < k && !covered; i++)
-        covered = w->snap[i].id == (*p)->task.id &&
-                  w->snap[i].version >= (*p)->task.version;
-      if (covered) {
-        watch_ev_t *old = *p;
-        *p = old->next;
-        af_free(old);
-        w->queued--;
-      } else {
-        p = &(*p)->next;
-      }
+        covered = w->snap[i].id == e->task.id &&
+                  w->snap[i].version >= e->task.version;
+      if (covered)
+        af_free(e);
+      else
+        (void)af_evq_push(&w->q, &e->node); /* fewer than before: fits */
     }
-    w->tail = NULL;
-    for (watch_ev_t *e = w->head; e != NULL; e = e->next)
-      w->tail = e;
-    w->coalesced = 0;
+    w->q.dropped = 0;
     snapshot_msg = true;
     if (w->snap_n == 0) {
       complete = true;
@@ -1098,23 +1071,19 @@ static ProtobufCMessage *watch_fill(af_stream_t *st, bool heartbeat, void *user,
     snapshot_msg = true;
     task = w->snap[w->snap_i++];
     complete = w->snap_i == w->snap_n;
-  } else if (w->head != NULL) {
-    ev = w->head;
-    w->head = ev->next;
-    if (w->head == NULL)
-      w->tail = NULL;
-    w->queued--;
+  } else if (w->q.head != NULL) {
+    ev = (watch_ev_t *)(void *)af_evq_pop(&w->q);
   }
   if (complete) {
     af_free(w->snap);
     w->snap = NULL;
     w->snap_n = w->snap_i = 0;
   }
-  more = (w->snap != NULL && w->snap_i < w->snap_n) || w->head != NULL;
-  uint64_t coalesced = w->coalesced;
+  more = (w->snap != NULL && w->snap_i < w->snap_n) || w->q.head != NULL;
+  uint64_t coalesced = w->q.dropped;
   bool sending = snapshot_msg || ev != NULL || heartbeat;
   if (sending)
-    w->coalesced = 0;
+    w->q.dropped = 0;
   pthread_mutex_unlock(&w->mu);
   af_free(snap_all);
   if (!sending) {
@@ -1153,7 +1122,7 @@ static ProtobufCMessage *watch_fill(af_stream_t *st, bool heartbeat, void *user,
 
 static void watch_free(watch_t *w)
 {
-  free_events(w->head);
+  af_evq_free_list(af_evq_take_all(&w->q));
   af_free(w->snap);
   pthread_mutex_destroy(&w->mu);
   af_free(w);
@@ -1185,6 +1154,7 @@ static void on_watch(af_stream_t *st, const ProtobufCMessage *msg, void *ctx)
   }
   w->app = app;
   snprintf(w->service, sizeof w->service, "%s", name);
+  af_evq_init(&w->q, WATCH_QUEUE_MAX);
   pthread_mutex_init(&w->mu, NULL);
   if (af_hub_add(app->recovery_hub, st, w, watch_on_event) != AF_OK) {
     watch_free(w);
