@@ -69,6 +69,10 @@ static const char SQL_ACTIVE_END[] =
     " restart', 'activated by ' || actor FROM chaos_active"
     " ORDER BY started_ns";
 static const char SQL_ACTIVE_CLEAR[] = "DELETE FROM chaos_active";
+/* The emergency-stop latch: the newest stop or reset in the audit log. */
+static const char SQL_LATCH[] =
+    "SELECT event, actor, reason FROM chaos_audit"
+    " WHERE event IN ('emergency_stop', 'reset') ORDER BY seq DESC LIMIT 1";
 static const char SQL_POLICY_PUT[] =
     "INSERT OR REPLACE INTO recovery_policies (service, strategy,"
     " max_retry_attempts, backoff_multiplier, initial_delay_ms, max_delay_ms,"
@@ -814,6 +818,34 @@ static af_status_t end_active_chaos(af_store_conn_t *c, void *ctx,
   return step_done(c, st, err, "cannot end chaos scenarios");
 }
 
+typedef struct {
+  bool stopped;
+  char actor[AF_NAME_MAX + 1];
+  char reason[AF_CHAOS_REASON_MAX + 1];
+} latch_t;
+
+static af_status_t read_latch(af_store_conn_t *c, void *ctx, af_error_t *err)
+{
+  latch_t *l = ctx;
+  sqlite3_stmt *st = af_store_stmt(c, SQL_LATCH, err);
+  if (st == NULL) {
+    return AF_EIO;
+  }
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    char event[32];
+    copy_col(event, sizeof event, st, 0);
+    l->stopped = strcmp(event, "emergency_stop") == 0;
+    copy_col(l->actor, sizeof l->actor, st, 1);
+    copy_col(l->reason, sizeof l->reason, st, 2);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return af_store_fail(c, err, "cannot read the emergency-stop latch");
+  }
+  return AF_OK;
+}
+
 af_status_t af_persist_restore(af_app_t *app, af_error_t *err)
 {
   if (app->store == NULL) {
@@ -860,6 +892,25 @@ af_status_t af_persist_restore(af_app_t *app, af_error_t *err)
   st = af_store_write_wait(app->store, end_active_chaos, &e, err);
   if (st != AF_OK) {
     return st;
+  }
+  /* Fail safe: an emergency stop that was never reset stays latched across
+   * a restart (before the listener is attached: the audit log already has
+   * the stop, and gets no second row). */
+  latch_t latch;
+  memset(&latch, 0, sizeof latch);
+  st = af_store_read_wait(app->store, read_latch, &latch, err);
+  if (st != AF_OK) {
+    return st;
+  }
+  if (latch.stopped) {
+    char why[AF_CHAOS_REASON_MAX + 1];
+    snprintf(why, sizeof why, "latched before the restart by %.64s: %.120s",
+             latch.actor, latch.reason);
+    af_chaos_emergency_stop(af_engine_chaos(app->engine), "restart", why);
+    af_log(AF_LOG_WARN,
+           "store: chaos emergency stop is still latched (by %s before the "
+           "restart); ResetChaos releases it",
+           latch.actor);
   }
   af_log(AF_LOG_INFO,
          "store %s: restored %zu breaker(s) (%zu forced), %zu recovery "

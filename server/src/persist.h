@@ -35,7 +35,8 @@ typedef struct af_app af_app_t;
  * that were still active are not re-scheduled: an open breaker with a
  * probing policy schedules one again by itself); every chaos scenario that
  * was active is recorded in the audit log as ended by the restart and not
- * re-activated. AF_OK, or the store's error (err says which table). */
+ * re-activated; an emergency stop that was not reset stays latched. AF_OK, or
+ * the store's error (err says which table). */
 af_status_t af_persist_restore(af_app_t *app, af_error_t *err);
 
 /* Subscribes the write-behind listener to the engine. AF_ELIMIT if the

@@ -1353,6 +1353,76 @@ static void older_schema_is_migrated_in_place(void **state)
   dir_remove(&d);
 }
 
+static bool chaos_stopped(af_tc_t *c)
+{
+  Antifragility__V1__GetChaosMetricsRequest q =
+      ANTIFRAGILITY__V1__GET_CHAOS_METRICS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  assert_int_equal(
+      af_tc_unary(c, CSVC "GetChaosMetrics", &q.base,
+                  &antifragility__v1__get_chaos_metrics_response__descriptor,
+                  &resp, NULL, NULL, TIMEOUT_MS),
+      GRPC_STATUS_OK);
+  bool stopped =
+      ((Antifragility__V1__GetChaosMetricsResponse *)resp)->emergency_stopped;
+  free_msg(resp);
+  return stopped;
+}
+
+/* Fail safe: an emergency stop survives a restart until ResetChaos. */
+static void emergency_stop_stays_latched_across_a_restart(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  af_test_server_t *ts = start_on(&d);
+  af_tc_t *c = af_tc_connect(af_ts_port(ts));
+  Antifragility__V1__EmergencyStopRequest sq =
+      ANTIFRAGILITY__V1__EMERGENCY_STOP_REQUEST__INIT;
+  sq.actor = "oncall";
+  sq.reason = "incident 42";
+  unary_ok(c, CSVC "EmergencyStop", &sq.base,
+           &antifragility__v1__emergency_stop_response__descriptor);
+  assert_true(chaos_stopped(c));
+  af_tc_close(c);
+  af_ts_stop(ts);
+
+  ts = start_on(&d);
+  c = af_tc_connect(af_ts_port(ts));
+  assert_true(chaos_stopped(c)); /* still latched */
+  Antifragility__V1__InjectErrorsRequest iq =
+      ANTIFRAGILITY__V1__INJECT_ERRORS_REQUEST__INIT;
+  iq.target = "t";
+  iq.error_rate = 0.5;
+  ProtobufCMessage *resp = NULL;
+  assert_int_equal(
+      af_tc_unary(c, CSVC "InjectErrors", &iq.base,
+                  &antifragility__v1__inject_errors_response__descriptor, &resp,
+                  NULL, NULL, TIMEOUT_MS),
+      GRPC_STATUS_FAILED_PRECONDITION);
+  Antifragility__V1__ResetChaosRequest rq =
+      ANTIFRAGILITY__V1__RESET_CHAOS_REQUEST__INIT;
+  unary_ok(c, CSVC "ResetChaos", &rq.base,
+           &antifragility__v1__reset_chaos_response__descriptor);
+  assert_false(chaos_stopped(c));
+  af_tc_close(c);
+  af_ts_stop(ts);
+
+  ts = start_on(&d); /* reset before the restart: not latched */
+  c = af_tc_connect(af_ts_port(ts));
+  assert_false(chaos_stopped(c));
+  af_tc_close(c);
+  af_ts_stop(ts);
+  sqlite3 *db = db_open(&d);
+  assert_int_equal(db_int(db,
+                          "SELECT count(*) FROM chaos_audit WHERE event ="
+                          " 'emergency_stop' AND actor = 'oncall'",
+                          NULL, NULL),
+                   1);
+  sqlite3_close(db);
+  dir_remove(&d);
+}
+
 /* With tokens, the audit logs name the token's identity: chaos_audit for
  * an activation, recovery_audit for policy / schedule / cancel. */
 static void audit_logs_record_the_callers_identity(void **state)
@@ -1462,6 +1532,7 @@ int main(void)
       cmocka_unit_test(newer_schema_is_refused_not_overwritten),
       cmocka_unit_test(older_schema_is_migrated_in_place),
       cmocka_unit_test(audit_logs_record_the_callers_identity),
+      cmocka_unit_test(emergency_stop_stays_latched_across_a_restart),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, cleanup_leftovers);
 }
