@@ -553,6 +553,8 @@ static size_t flush_batches(af_meter_t *m, bool partial_ok, bool ignore_backoff,
     atomic_fetch_add_explicit(&m->duplicates, dup, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->batches, 1, memory_order_relaxed);
     total += n;
+    if (m->cfg.after_sink != NULL)
+      m->cfg.after_sink(m->cfg.sink_ctx);
   }
   return total;
 }

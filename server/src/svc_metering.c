@@ -123,6 +123,10 @@ struct af_svc_metering {
   /* Under mu: the last store write failed with this message ("" = ok). */
   char store_error[STORE_ERROR_MAX];
   _Atomic uint64_t invalid; /* refused here before reaching the meter */
+  /* Under mu: answers of the batch the sink just stored, sent by
+   * after_sink once the meter has counted the batch. */
+  waiter_t *def_answer, *def_done;
+  ustream_t *def_post, *def_dead;
 };
 
 /* ---- events from the wire -------------------------------------------- */
@@ -468,7 +472,34 @@ static void store_failed(af_svc_metering_t *svc, const char *why)
   }
 }
 
-/* The meter's sink: apply, then answer the waiters of the batch. */
+/* a followed by b (either may be NULL). */
+static waiter_t *waiters_concat(waiter_t *a, waiter_t *b)
+{
+  if (a == NULL) {
+    return b;
+  }
+  waiter_t *t = a;
+  while (t->next != NULL) {
+    t = t->next;
+  }
+  t->next = b;
+  return a;
+}
+
+static ustream_t *streams_concat(ustream_t *a, ustream_t *b)
+{
+  if (a == NULL) {
+    return b;
+  }
+  ustream_t *t = a;
+  while (t->post_next != NULL) {
+    t = t->post_next;
+  }
+  t->post_next = b;
+  return a;
+}
+
+/* The meter's sink: apply, then leave the answers to after_sink. */
 static af_status_t sink(const af_meter_event_t *events, size_t n,
                         size_t *duplicates, void *ctx)
 {
@@ -529,9 +560,30 @@ static af_status_t sink(const af_meter_event_t *events, size_t n,
     w->next = done;
     done = w;
   }
+  /* Answered by after_sink, once the meter has counted this batch (added
+   * to anything not answered yet, which after_sink normally leaves empty). */
+  svc->def_answer = waiters_concat(answer, svc->def_answer);
+  svc->def_done = waiters_concat(done, svc->def_done);
+  svc->def_post = streams_concat(post, svc->def_post);
+  svc->def_dead = streams_concat(dead, svc->def_dead);
   pthread_mutex_unlock(&svc->mu);
   af_free(dup);
   *duplicates = ndup;
+  return AF_OK;
+}
+
+/* The meter's after_sink: answer the callers of the batch just counted. */
+static void after_sink(void *ctx)
+{
+  af_svc_metering_t *svc = ctx;
+  pthread_mutex_lock(&svc->mu);
+  waiter_t *answer = svc->def_answer;
+  waiter_t *done = svc->def_done;
+  ustream_t *post = svc->def_post;
+  ustream_t *dead = svc->def_dead;
+  svc->def_answer = svc->def_done = NULL;
+  svc->def_post = svc->def_dead = NULL;
+  pthread_mutex_unlock(&svc->mu);
 
   while (answer != NULL) {
     waiter_t *next = answer->next;
@@ -554,7 +606,6 @@ static af_status_t sink(const af_meter_event_t *events, size_t n,
     af_free(dead);
     dead = next;
   }
-  return AF_OK;
 }
 
 /* ---- RecordUsage ------------------------------------------------------ */
@@ -915,6 +966,7 @@ void af_svc_metering_configure(af_app_t *app, af_engine_config_t *ecfg)
   atomic_init(&svc->invalid, 0);
   app->metering = svc;
   ecfg->meter.sink = sink;
+  ecfg->meter.after_sink = after_sink;
   ecfg->meter.sink_ctx = svc;
   /* A small --queue-size or a long --flush-interval-ms must not make the
    * engine refuse the meter's other defaults. */

@@ -154,7 +154,12 @@ typedef struct {
   uint64_t max_retry_backoff_ms; /* cap of the sink retry backoff, 30000 */
   af_meter_sink_fn sink;         /* optional; required by af_meter_start */
   void *sink_ctx;                /* retained, passed to sink */
-  char hash[AF_HASH_MAX + 1];    /* default AF_CONSTITUTIONAL_HASH_DEFAULT */
+  /* Optional: called with sink_ctx on the same thread right after a sink
+   * call that returned AF_OK has been counted (flushed, duplicates,
+   * batches, depth). A sink that answers callers waiting for their events
+   * does it here, so an answer is never seen before the metrics move. */
+  void (*after_sink)(void *ctx);
+  char hash[AF_HASH_MAX + 1]; /* default AF_CONSTITUTIONAL_HASH_DEFAULT */
 } af_meter_config_t;
 
 #define AF_METER_CAPACITY_MAX ((size_t)1 << 24)
