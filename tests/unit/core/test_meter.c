@@ -913,6 +913,57 @@ static void ring_keeps_fifo_order_across_many_wraparounds(void **state)
 
 /* ---- flush_now and the sink -------------------------------------------- */
 
+/* after_sink sees each stored batch already counted: flushed, duplicates,
+ * batches and depth, never the batch still pending. */
+typedef struct {
+  af_meter_t **m;
+  size_t calls;
+  af_meter_metrics_t seen[4];
+} after_t;
+
+static af_status_t dup_one_sink(const af_meter_event_t *events, size_t n,
+                                size_t *duplicates, void *ctx)
+{
+  (void)events;
+  (void)n;
+  (void)ctx;
+  *duplicates = 1;
+  return AF_OK;
+}
+
+static void after_sink_record(void *ctx)
+{
+  after_t *a = ctx;
+  if (a->calls < 4)
+    af_meter_metrics(*a->m, &a->seen[a->calls]);
+  a->calls++;
+}
+
+static void after_sink_runs_once_the_batch_is_counted(void **state)
+{
+  (void)state;
+  af_meter_config_t cfg = small_config(100, 3);
+  fx_t *fx = fx_new(&cfg, false);
+  af_meter_destroy(fx->m);
+  after_t a = {.m = &fx->m};
+  cfg.sink = dup_one_sink;
+  cfg.after_sink = after_sink_record;
+  cfg.sink_ctx = &a;
+  assert_int_equal(af_meter_create(&fx->m, &cfg, NULL), AF_OK);
+  for (uint64_t i = 0; i < 5; i++)
+    assert_int_equal(enqueue_n(fx->m, i), AF_OK);
+  assert_int_equal(af_meter_flush_now(fx->m), 5);
+  assert_int_equal(a.calls, 2);
+  assert_int_equal(a.seen[0].flushed, 3);
+  assert_int_equal(a.seen[0].duplicates, 1);
+  assert_int_equal(a.seen[0].batches, 1);
+  assert_int_equal(a.seen[0].depth, 2); /* only the events not taken yet */
+  assert_int_equal(a.seen[1].flushed, 5);
+  assert_int_equal(a.seen[1].duplicates, 2);
+  assert_int_equal(a.seen[1].depth, 0);
+  fx_free(fx);
+}
+
 static void
 flush_now_hands_the_sink_batches_of_batch_size_in_order(void **state)
 {
@@ -1851,6 +1902,7 @@ int main(void)
       cmocka_unit_test(shutdown_without_sink_returns_the_depth),
       cmocka_unit_test(destroy_stops_a_running_flusher_and_frees_queued_events),
       cmocka_unit_test(metrics_start_at_zero_and_null_is_safe),
+      cmocka_unit_test(after_sink_runs_once_the_batch_is_counted),
       cmocka_unit_test(generated_event_ids_are_32_hex_chars_and_never_repeat),
       cmocka_unit_test(event_ids_generated_concurrently_never_repeat),
       cmocka_unit_test(four_producers_and_a_draining_consumer_lose_nothing),
