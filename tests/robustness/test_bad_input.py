@@ -333,6 +333,16 @@ def main():
         r.ch.unary_unary("/antifragility.v1.BreakerService/RegisterBreaker")(
             B.RegisterBreakerRequest(name="rb").SerializeToString(),
             timeout=CALL_TIMEOUT)
+        # A recovery a case schedules must not move by itself later (the
+        # digest would change under an unrelated case): MANUAL waits.
+        R = recovery_pb2
+        r.ch.unary_unary(
+            "/antifragility.v1.RecoveryService/SetRecoveryPolicy")(
+                R.SetRecoveryPolicyRequest(
+                    service_name="rb",
+                    policy=R.RecoveryPolicy(
+                        strategy=R.RECOVERY_STRATEGY_MANUAL))
+                .SerializeToString(), timeout=CALL_TIMEOUT)
         for path, cs, ss, desc, out_desc in methods_of(modules):
             out_cls = classes[out_desc.full_name]
             for name, payload, expect, part in (
