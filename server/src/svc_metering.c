@@ -407,6 +407,22 @@ static void stream_reply(ustream_t *us)
   af_rpc_reply(us->rpc, &resp.base);
 }
 
+/* Answers the streams of post (each resolved) and frees those of dead
+ * (their calls are gone); both lists linked by post_next, outside mu. */
+static void streams_finish(ustream_t *post, ustream_t *dead)
+{
+  while (post != NULL) {
+    ustream_t *next = post->post_next;
+    stream_reply(post);
+    post = next;
+  }
+  while (dead != NULL) {
+    ustream_t *next = dead->post_next;
+    af_free(dead);
+    dead = next;
+  }
+}
+
 static void unary_reply(const af_svc_metering_t *svc, waiter_t *w)
 {
   Antifragility__V1__RecordUsageResponse resp =
@@ -460,16 +476,7 @@ static void store_failed(af_svc_metering_t *svc, const char *why)
     af_free(answer);
     answer = next;
   }
-  while (post != NULL) {
-    ustream_t *next = post->post_next;
-    stream_reply(post);
-    post = next;
-  }
-  while (dead != NULL) {
-    ustream_t *next = dead->post_next;
-    af_free(dead);
-    dead = next;
-  }
+  streams_finish(post, dead);
 }
 
 /* a followed by b (either may be NULL). */
@@ -596,16 +603,7 @@ static void after_sink(void *ctx)
     af_free(done);
     done = next;
   }
-  while (post != NULL) {
-    ustream_t *next = post->post_next;
-    stream_reply(post);
-    post = next;
-  }
-  while (dead != NULL) {
-    ustream_t *next = dead->post_next;
-    af_free(dead);
-    dead = next;
-  }
+  streams_finish(post, dead);
 }
 
 /* ---- RecordUsage ------------------------------------------------------ */
@@ -1083,16 +1081,7 @@ void af_svc_metering_shutdown(af_app_t *app)
     af_free(answer);
     answer = next;
   }
-  while (post != NULL) {
-    ustream_t *next = post->post_next;
-    stream_reply(post);
-    post = next;
-  }
-  while (dead != NULL) {
-    ustream_t *next = dead->post_next;
-    af_free(dead);
-    dead = next;
-  }
+  streams_finish(post, dead);
 }
 
 void af_svc_metering_destroy(af_app_t *app)

@@ -427,6 +427,20 @@ static bool check_hash(af_app_t *app, const char *presented, af_error_t *err)
   return true;
 }
 
+/* The checks most RecoveryService requests share: a valid service name
+ * and no other constitutional hash. Fails rpc and returns false if not. */
+static bool check_request(af_app_t *app, af_rpc_t *rpc, const char *service,
+                          const char *hash)
+{
+  af_error_t err;
+  af_error_clear(&err);
+  if (af_check_name(service, "service_name", &err) &&
+      check_hash(app, hash, &err))
+    return true;
+  af_rpc_fail_status(rpc, err.code != AF_OK ? err.code : AF_EINVAL, &err);
+  return false;
+}
+
 static bool check_len(const char *s, size_t max, const char *field,
                       af_error_t *err)
 {
@@ -542,13 +556,10 @@ static void on_schedule(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   af_app_t *app = ctx;
   const Antifragility__V1__ScheduleRecoveryRequest *q =
       (const Antifragility__V1__ScheduleRecoveryRequest *)msg;
+  if (!check_request(app, rpc, q->service_name, q->constitutional_hash))
+    return;
   af_error_t err;
   af_error_clear(&err);
-  if (!af_check_name(q->service_name, "service_name", &err) ||
-      !check_hash(app, q->constitutional_hash, &err)) {
-    af_rpc_fail_status(rpc, err.code != AF_OK ? err.code : AF_EINVAL, &err);
-    return;
-  }
   /* The task's policy: the request's over the service's, and the
    * request's strategy over both. */
   af_recovery_policy_t pol;
@@ -601,13 +612,10 @@ static void on_execute(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
   af_svc_recovery_t *svc = app->recovery;
   const Antifragility__V1__ExecuteRecoveryRequest *q =
       (const Antifragility__V1__ExecuteRecoveryRequest *)msg;
+  if (!check_request(app, rpc, q->service_name, q->constitutional_hash))
+    return;
   af_error_t err;
   af_error_clear(&err);
-  if (!af_check_name(q->service_name, "service_name", &err) ||
-      !check_hash(app, q->constitutional_hash, &err)) {
-    af_rpc_fail_status(rpc, err.code != AF_OK ? err.code : AF_EINVAL, &err);
-    return;
-  }
   af_recovery_task_t t;
   af_status_t st = af_recovery_execute(rec_of(app), q->service_name, &t);
   if (st == AF_ENOTFOUND) {
