@@ -13,6 +13,15 @@
  * over: cancel, deadline, or after our status), t_recv (RECV_MESSAGE) and
  * t_main (sends and the final status).
  *
+ * Unary fast path: a unary call whose handler answers before returning
+ * (most of them) needs no separate t_close: RECV_CLOSE_ON_SERVER rides in
+ * the final batch (one batch, one completion per call instead of two, about
+ * 0.5 us of CPU per call; see tests/bench). For unary calls the close is
+ * therefore started lazily: by send_final if it comes first, else right
+ * after the handler returns (an answer from another thread later still
+ * needs cancellation seen while it waits). `close_started` (under mu) makes
+ * sure exactly one of the two starts it.
+ *
  * Invariants:
  *  - refs counts: one per batch in flight, one for the "answer" (held by
  *    the handler until reply/fail, by the framework for streams until the
@@ -108,6 +117,7 @@ struct af_rpc {
   atomic_bool cancelled;
   /* under mu */
   bool answered;
+  bool close_started; /* RECV_CLOSE_ON_SERVER is in some batch */
   bool md_sent;
   bool in_callback;
   bool has_pending;
@@ -354,16 +364,28 @@ static void on_final_done(af_rpc_t *rpc, bool ok)
   rpc_unref(rpc);
 }
 
+/* The final batch also carried RECV_CLOSE_ON_SERVER (unary fast path):
+ * record what on_close would have. Never a stream. */
+static void on_final_and_close_done(af_rpc_t *rpc, bool ok)
+{
+  (void)ok;
+  atomic_store(&rpc->cancelled, rpc->close_cancelled != 0);
+  atomic_store(&rpc->closed, true);
+  rpc_unref(rpc);
+}
+
 /* Sends [initial md] [bb] status on t_main. Takes bb (may be NULL). */
 static void send_final(af_rpc_t *rpc, grpc_status_code code, const char *msg,
                        grpc_byte_buffer *bb)
 {
-  grpc_op ops[3];
+  grpc_op ops[4];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
   pthread_mutex_lock(&rpc->mu);
   bool need_md = !rpc->md_sent;
   rpc->md_sent = true;
+  bool with_close = !rpc->close_started;
+  rpc->close_started = true;
   if (rpc->send_bb)
     grpc_byte_buffer_destroy(rpc->send_bb);
   rpc->send_bb = bb;
@@ -382,8 +404,13 @@ static void send_final(af_rpc_t *rpc, grpc_status_code code, const char *msg,
   ops[n].data.send_status_from_server.status = code;
   ops[n].data.send_status_from_server.status_details = &details;
   n++;
+  if (with_close) {
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &rpc->close_cancelled;
+    n++;
+  }
   count_code(rpc->srv, code);
-  rpc->t_main.fn = on_final_done;
+  rpc->t_main.fn = with_close ? on_final_and_close_done : on_final_done;
   start_batch(rpc, &rpc->t_main, ops, n);
   grpc_slice_unref(details);
   if (code != GRPC_STATUS_OK)
@@ -401,6 +428,17 @@ static void start_close(af_rpc_t *rpc)
   op.data.recv_close_on_server.cancelled = &rpc->close_cancelled;
   rpc->t_close.fn = on_close;
   start_batch(rpc, &rpc->t_close, &op, 1);
+}
+
+/* Starts t_close unless a batch already carries RECV_CLOSE_ON_SERVER. */
+static void ensure_close(af_rpc_t *rpc)
+{
+  pthread_mutex_lock(&rpc->mu);
+  bool start = !rpc->close_started;
+  rpc->close_started = true;
+  pthread_mutex_unlock(&rpc->mu);
+  if (start)
+    start_close(rpc);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1136,7 +1174,9 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
   if (atomic_load(&srv->accepting))
     post_request(srv, m);
   atomic_fetch_add(&srv->calls_started, 1);
-  start_close(rpc);
+  bool unary = m && m->kind == KIND_UNARY;
+  if (!unary)
+    ensure_close(rpc); /* else lazily: see "Unary fast path" */
   if (!m) {
     atomic_fetch_add(&srv->unimplemented, 1);
     if (af_log_enabled(AF_LOG_DEBUG)) {
@@ -1148,7 +1188,7 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
     return;
   }
   if (refuse_hash(rpc))
-    return;
+    return; /* answered: the close rode in its final batch */
   switch (m->kind) {
   case KIND_UNARY:
   case KIND_SERVER_STREAM: {
@@ -1162,10 +1202,14 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
       fail_now(rpc, GRPC_STATUS_INVALID_ARGUMENT, why);
       return;
     }
-    if (m->kind == KIND_UNARY)
+    if (m->kind == KIND_UNARY) {
+      rpc_ref(rpc); /* ours: an answer may free the call before we return */
       m->unary(rpc, req, m->ctx); /* answer ref goes to the handler */
-    else
+      ensure_close(rpc);          /* no-op when it answered already */
+      rpc_unref(rpc);
+    } else {
       start_server_stream(rpc, req);
+    }
     protobuf_c_message_free_unpacked(req, NULL);
     return;
   }
