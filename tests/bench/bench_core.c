@@ -151,6 +151,67 @@ static void bench_breaker_ops(void)
   af_breaker_registry_destroy(reg);
 }
 
+/* The server's ReportOutcome path without the RPC: find the breaker by
+ * name, apply a remote outcome (instance id, report time), release. Bare
+ * registry, then the engine's (REPORT events -> health touch). */
+typedef struct {
+  af_breaker_registry_t *reg;
+} rp_arg_t;
+
+static void body_report(void *p, int tid, uint64_t n)
+{
+  rp_arg_t *a = p;
+  const char *name = tid & 1 ? "inventory" : "payments";
+  for (uint64_t i = 0; i < n; i++) {
+    af_breaker_t *b = NULL;
+    if (af_breaker_registry_find(a->reg, name, &b) == AF_OK) {
+      g_sink += af_breaker_report_outcome(b, true, NULL, "bench-1");
+      af_breaker_release(b);
+    }
+  }
+}
+
+static void bench_report(void)
+{
+  rp_arg_t a;
+  af_status_t st = af_breaker_registry_create(&a.reg, NULL);
+  if (st != AF_OK)
+    die("registry", st);
+  af_engine_config_t ec;
+  af_engine_config_init(&ec);
+  ec.run_timer_thread = false;
+  af_engine_t *e = NULL;
+  st = af_engine_create(&e, &ec, NULL);
+  if (st != AF_OK)
+    die("engine", st);
+  const char *names[] = {"payments", "inventory"};
+  for (int i = 0; i < 2; i++) {
+    af_breaker_registry_get_or_create(a.reg, names[i], NULL, NULL, NULL, NULL);
+    af_breaker_registry_get_or_create(af_engine_breakers(e), names[i], NULL,
+                                      NULL, NULL, NULL);
+  }
+  double best, med;
+  for (int threads = 1; threads <= 2; threads++) {
+    char param[48];
+    snprintf(param, sizeof(param), "threads=%d own", threads);
+    med = bu_median_run(body_report, &a, threads, iters(5000000), g_runs, NULL,
+                        &best);
+    add_ns("breaker", "find + report_outcome + release (registry)", param, med,
+           best, NAN);
+  }
+  af_breaker_registry_destroy(a.reg);
+  a.reg = af_engine_breakers(e);
+  for (int threads = 1; threads <= 2; threads++) {
+    char param[48];
+    snprintf(param, sizeof(param), "threads=%d own", threads);
+    med = bu_median_run(body_report, &a, threads, iters(5000000), g_runs, NULL,
+                        &best);
+    add_ns("breaker", "find + report_outcome + release (engine)", param, med,
+           best, NAN);
+  }
+  af_engine_destroy(e);
+}
+
 /* ---- registry lookup --------------------------------------------------- */
 
 #define NAME_LEN 40
@@ -540,18 +601,16 @@ int main(int argc, char **argv)
       only = argv[++i];
     } else {
       fprintf(stderr, "usage: bench_core [--quick] [--runs N] [--json FILE] "
-                      "[--only breaker|chaos|meter|health|registry]\n");
+                      "[--only breaker|report|chaos|meter|health|registry]\n");
       return 2;
     }
   }
   static const struct {
     const char *name;
     void (*fn)(void);
-  } groups[] = {{"breaker", bench_breaker_ops},
-                {"chaos", bench_chaos},
-                {"meter", bench_meter},
-                {"health", bench_health},
-                {"registry", bench_registry}};
+  } groups[] = {{"breaker", bench_breaker_ops}, {"report", bench_report},
+                {"chaos", bench_chaos},         {"meter", bench_meter},
+                {"health", bench_health},       {"registry", bench_registry}};
   for (size_t i = 0; i < sizeof(groups) / sizeof(groups[0]); i++)
     if (only == NULL || strcmp(only, groups[i].name) == 0)
       groups[i].fn();

@@ -17,7 +17,10 @@
  * Once listening it prints "port N pid P" on stdout, then reads commands from
  * stdin: "stats" prints one JSON line {"ok":..,"failed":..,"calls":..}
  * (statuses sent: OK, and anything else), "quit" (or end of input) stops
- * the server and exits 0.
+ * the server and exits 0. afd only, for the scaling tables: "breakers N"
+ * registers breakers bench-0..N-1 through the engine, "tenants N" records
+ * one usage event for each of N tenants through the engine's meter (the
+ * store applies them like any other); each answers "done" once finished.
  *
  * The echo server is the floor the gRPC core library allows on this
  * machine: one completion queue, requests pre-posted per registered
@@ -347,6 +350,46 @@ static af_server_t *fw_start(int nthreads, int *port)
   return srv;
 }
 
+/* ---- scaling: populate afd ---------------------------------------------- */
+
+static void add_breakers(af_afd_t *afd, long n)
+{
+  af_breaker_registry_t *reg = af_engine_breakers(af_afd_engine(afd));
+  for (long i = 0; i < n; i++) {
+    char name[64];
+    snprintf(name, sizeof(name), "bench-%07ld", i);
+    af_breaker_registry_get_or_create(reg, name, NULL, NULL, NULL, NULL);
+  }
+}
+
+static void add_tenants(af_afd_t *afd, long n)
+{
+  af_meter_t *m = af_engine_meter(af_afd_engine(afd));
+  af_meter_metrics_t before;
+  af_meter_metrics(m, &before);
+  for (long i = 0; i < n; i++) {
+    af_meter_event_t ev;
+    char tenant[64];
+    snprintf(tenant, sizeof(tenant), "tenant-%07ld", i);
+    af_meter_event_init(&ev, tenant, AF_OP_AGENT_MESSAGE);
+    while (af_meter_enqueue(m, &ev, NULL) == AF_EFULL) {
+      af_meter_request_flush(m);
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  /* Wait until the store has them all. */
+  for (;;) {
+    af_meter_request_flush(m);
+    af_meter_metrics_t now;
+    af_meter_metrics(m, &now);
+    if (now.flushed - before.flushed >= (uint64_t)n)
+      break;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static void print_stats(const af_server_t *srv, const echo_t *e)
@@ -423,6 +466,15 @@ int main(int argc, char **argv)
       print_stats(afd != NULL ? af_afd_server(afd) : fw, echo);
     else if (strncmp(line, "quit", 4) == 0)
       break;
+    else if (afd != NULL && strncmp(line, "breakers ", 9) == 0) {
+      add_breakers(afd, atol(line + 9));
+      printf("done\n");
+      fflush(stdout);
+    } else if (afd != NULL && strncmp(line, "tenants ", 8) == 0) {
+      add_tenants(afd, atol(line + 8));
+      printf("done\n");
+      fflush(stdout);
+    }
   }
   if (afd != NULL)
     af_afd_stop(afd);
