@@ -4,7 +4,7 @@
  * server's memory per idle subscriber.
  *
  *   bench_watch --port P --pid PID --watchers N [--per-conn K]
- *               [--rounds R] [--json FILE]
+ *               [--rounds R] [--hold-ms MS] [--json FILE]
  *
  * The server (PID, for its RSS) must be a fresh afd with nothing but what
  * this program registers, started with heartbeats off. Steps:
@@ -19,7 +19,10 @@
  *      reads the streams until every one has received a report with the
  *      new status; records when the median and the last one arrived
  *      (arrival = when this client dequeued it: an upper bound);
- *   4. cancels every stream and frees everything.
+ *   4. with --hold-ms: prints "holding" on stdout and keeps the streams open
+ *      (reading whatever arrives) for MS ms, so that other load can run
+ *      against a server with N idle watchers;
+ *   5. cancels every stream and frees everything.
  * Exit status 1 if a stream ended early or a round timed out.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -110,15 +113,24 @@ static void open_stream(watch_t *w, stream_t *s, grpc_channel *ch)
   if (grpc_call_start_batch(s->call, ops, 4, &s->t_start, NULL) == GRPC_CALL_OK)
     s->pending++;
   grpc_byte_buffer_destroy(req);
-  memset(ops, 0, sizeof(ops));
-  ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  ops[0].data.recv_status_on_client.trailing_metadata = &s->trail_md;
-  ops[0].data.recv_status_on_client.status = &s->status;
-  ops[0].data.recv_status_on_client.status_details = &s->details;
-  if (grpc_call_start_batch(s->call, ops, 1, &s->t_status, NULL) ==
+  /* RECV_STATUS_ON_CLIENT only at teardown: libgrpc (Debian, no NDEBUG)
+   * scans every outstanding tag of the queue on each completion, and one
+   * long-lived tag per stream would double the client's share of the
+   * measured delay. A stream that ends shows as an empty RECV_MESSAGE. */
+  start_recv(s);
+}
+
+static void start_status(stream_t *s)
+{
+  grpc_op op;
+  memset(&op, 0, sizeof(op));
+  op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+  op.data.recv_status_on_client.trailing_metadata = &s->trail_md;
+  op.data.recv_status_on_client.status = &s->status;
+  op.data.recv_status_on_client.status_details = &s->details;
+  if (grpc_call_start_batch(s->call, &op, 1, &s->t_status, NULL) ==
       GRPC_CALL_OK)
     s->pending++;
-  start_recv(s);
 }
 
 /* Decodes the report status of a WatchHealthResponse; -1 if none. */
@@ -152,8 +164,11 @@ static void on_event(watch_t *w, grpc_event ev, int want)
   case OP_START:
     break;
   case OP_RECV:
-    if (s->recv == NULL) {
-      break; /* stream over; OP_STATUS tells */
+    if (s->recv == NULL) { /* the stream ended */
+      if (!s->ended)
+        w->ended_early++;
+      s->ended = true;
+      break;
     }
     s->messages++;
     s->last_status = report_status(s->recv);
@@ -164,9 +179,6 @@ static void on_event(watch_t *w, grpc_event ev, int want)
     start_recv(s);
     break;
   case OP_STATUS:
-    if (!s->ended)
-      w->ended_early++;
-    s->ended = true;
     break;
   }
 }
@@ -232,7 +244,7 @@ static int cmp_u64(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-  int port = 0, pid = 0, rounds = 5;
+  int port = 0, pid = 0, rounds = 5, hold_ms = 0;
   size_t n = 1000, per_conn = 100;
   const char *json = NULL;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -248,6 +260,8 @@ int main(int argc, char **argv)
       rounds = atoi(argv[i + 1]);
     else if (strcmp(argv[i], "--json") == 0)
       json = argv[i + 1];
+    else if (strcmp(argv[i], "--hold-ms") == 0)
+      hold_ms = atoi(argv[i + 1]);
   }
   if (port <= 0 || pid <= 0 || n == 0 || per_conn == 0 || rounds < 1) {
     fprintf(stderr, "usage: bench_watch --port P --pid PID --watchers N "
@@ -375,9 +389,28 @@ int main(int argc, char **argv)
   bu_add("watch", "open all watchers, first report on each", param, open_s, NAN,
          "s", NAN);
 
-  /* 4. tear down */
-  for (size_t i = 0; i < n; i++)
+  /* 4. hold */
+  if (hold_ms > 0) {
+    printf("holding\n");
+    fflush(stdout);
+    uint64_t until = bu_now_ns() + (uint64_t)hold_ms * 1000000u;
+    while (bu_now_ns() < until) {
+      grpc_event ev = grpc_completion_queue_next(
+          w.cq,
+          gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                       gpr_time_from_millis(100, GPR_TIMESPAN)),
+          NULL);
+      if (ev.type == GRPC_OP_COMPLETE)
+        on_event(&w, ev, -1);
+    }
+  }
+
+  /* 5. tear down */
+  for (size_t i = 0; i < n; i++) {
+    w.streams[i].ended = true; /* cancelled by us: not early */
+    start_status(&w.streams[i]);
     grpc_call_cancel(w.streams[i].call, NULL);
+  }
   for (;;) {
     size_t busy = 0;
     for (size_t i = 0; i < n; i++)
@@ -391,7 +424,6 @@ int main(int argc, char **argv)
         NULL);
     if (ev.type == GRPC_OP_COMPLETE) {
       stream_t *s = ((op_tag_t *)ev.tag)->s;
-      s->ended = true; /* cancelled by us: not early */
       s->pending--;
       if (s->recv != NULL) {
         grpc_byte_buffer_destroy(s->recv);
