@@ -248,7 +248,7 @@ def run_rpc(args, bodies, rounds, n):
                     half = statistics.median(thr[(mode, name)]) / 2
                     lat = latency_at_half(servers[mode], f"{mode} {name}",
                                           path, b, half,
-                                          0.3 if args.quick else 2.0, tmp,
+                                          0.02 if args.quick else 2.0, tmp,
                                           args.quick)
                     if lat is None:
                         continue
