@@ -72,6 +72,12 @@
 #include "af/types.h"
 #include "log.h"
 
+/* Requests posted per method: 1 at start, growing by one each time the
+ * method's pool runs dry, up to REQUEST_POOL. Why not REQUEST_POOL for
+ * every method at once: libgrpc (Debian, no NDEBUG) scans every tag
+ * outstanding on `cq` on each completion, and afd registers about 45
+ * methods; 8 requests each were 360 tags, ~4k of afd's ~52k instructions
+ * per ReportOutcome (callgrind, tests/bench). Idle methods now hold one. */
 #define REQUEST_POOL 8
 #define GENERIC_POOL 2
 #define MAX_THREADS 64
@@ -88,6 +94,8 @@ typedef struct method {
   char *path;
   char *service;
   kind_t kind;
+  atomic_int posted;      /* requests outstanding for this method */
+  atomic_int pool_target; /* 1..REQUEST_POOL, grows when posted hits 0 */
   const ProtobufCMessageDescriptor *desc;
   void *handle;
   bool hash_checked;
@@ -1181,12 +1189,19 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
 {
   af_server_t *srv = rpc->srv;
   method_t *m = rpc->m;
+  int left = m ? atomic_fetch_sub(&m->posted, 1) - 1 : 1;
   if (!ok) {
     rpc_unref(rpc);
     return;
   }
-  if (atomic_load(&srv->accepting))
+  if (atomic_load(&srv->accepting)) {
     post_request(srv, m);
+    /* The pool ran dry: further calls wait inside gRPC for a request. */
+    int target = m ? atomic_load(&m->pool_target) : REQUEST_POOL;
+    if (left == 0 && target < REQUEST_POOL &&
+        atomic_compare_exchange_strong(&m->pool_target, &target, target + 1))
+      post_request(srv, m);
+  }
   atomic_fetch_add(&srv->calls_started, 1);
   bool unary = m && m->kind == KIND_UNARY;
   if (!unary)
@@ -1254,6 +1269,8 @@ static void post_request(af_server_t *srv, method_t *m)
   atomic_init(&rpc->refs, 1);
   pthread_mutex_init(&rpc->mu, NULL);
   rpc->t_new.fn = on_new_call;
+  if (m)
+    atomic_fetch_add(&m->posted, 1); /* undone below if gRPC refuses */
   rpc->t_new.rpc = rpc;
   rpc->t_main.rpc = rpc;
   rpc->t_close.rpc = rpc;
@@ -1277,6 +1294,8 @@ static void post_request(af_server_t *srv, method_t *m)
   }
   if (e != GRPC_CALL_OK) {
     af_log(AF_LOG_ERROR, "request_call failed (%d)", (int)e);
+    if (m)
+      atomic_fetch_sub(&m->posted, 1);
     rpc_unref(rpc);
   }
 }
@@ -1624,9 +1643,10 @@ af_status_t af_server_start(af_server_t *srv, int *bound_port, af_error_t *err)
   grpc_server_start(srv->gs);
   atomic_store(&srv->started, true);
   atomic_store(&srv->accepting, true);
-  for (size_t i = 0; i < srv->n_methods; i++)
-    for (int k = 0; k < REQUEST_POOL; k++)
-      post_request(srv, srv->methods[i]);
+  for (size_t i = 0; i < srv->n_methods; i++) {
+    atomic_store(&srv->methods[i]->pool_target, 1);
+    post_request(srv, srv->methods[i]);
+  }
   for (int k = 0; k < GENERIC_POOL; k++)
     post_request(srv, NULL);
   for (int i = 0; i < srv->threads; i++) {
