@@ -4,7 +4,7 @@
     bench.py --bin DIR [--out FILE] [--quick] [--rounds N] [--only PARTS]
 
 DIR holds bench_core, bench_server and bench_watch (build/release/tests/bench).
-PARTS is a comma list of core, rpc, watch, scale (default: all).
+PARTS is a comma list of core, rpc, watch, scale, instr (default: all).
 
 RPC: each round starts the bare gRPC core echo server, afd's framework with
 empty handlers, and afd itself (one at a time, same flags), and drives each
@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,9 +64,9 @@ def add(group, name, param, value, unit, budget=None, higher=False,
 class Server:
     """A bench_server process driven over its stdin."""
 
-    def __init__(self, bin_dir, mode, args=()):
+    def __init__(self, bin_dir, mode, args=(), wrapper=()):
         self.p = subprocess.Popen(
-            [os.path.join(bin_dir, "bench_server"), mode, *args],
+            [*wrapper, os.path.join(bin_dir, "bench_server"), mode, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.p.stdout.readline().split()
         if len(line) < 4 or line[0] != "port":
@@ -363,6 +364,55 @@ def run_scale_watchers(args, bodies, n):
             srv.stop()
 
 
+def run_instructions(args, bodies):
+    """User-space instructions per request under callgrind: immune to the
+    background load that moves every timing on a shared machine."""
+    if not shutil.which("valgrind"):
+        failures.append("valgrind not installed (scripts/install-deps.sh)")
+        return
+    n = 500 if args.quick else 10000
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path, body in RPCS:
+            b = os.path.join(bodies, body)
+            per = {}
+            for mode in SERVERS:
+                out = os.path.join(tmp, f"{mode}-{name}.cg")
+                srv = Server(args.bin, mode, wrapper=[
+                    "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                    f"--callgrind-out-file={out}"])
+                try:
+                    label = f"{mode} {name} (callgrind)"
+                    checked_h2load(srv, label, path, b, max(n // 5, 100),
+                                   clients=1, streams=8)
+                    ctl = ["callgrind_control"]
+                    subprocess.run(ctl + ["-i", "on", str(srv.pid)],
+                                   capture_output=True)
+                    checked_h2load(srv, label, path, b, n, clients=1,
+                                   streams=8)
+                    subprocess.run(ctl + ["-d", str(srv.pid)],
+                                   capture_output=True)
+                    subprocess.run(ctl + ["-i", "off", str(srv.pid)],
+                                   capture_output=True)
+                finally:
+                    srv.stop()
+                total = 0  # the dump taken with -d (file .1)
+                dump = os.path.join(tmp, f"{mode}-{name}.cg.1")
+                if os.path.exists(dump):
+                    with open(dump) as fh:
+                        for line in fh:
+                            if line.startswith("totals:"):
+                                total = int(line.split()[1])
+                per[mode] = total / n
+                add("instr", f"{name} instructions per request",
+                    f"server={mode}", per[mode], "instr")
+            for mode in ("fwecho", "afd"):
+                if per.get("echo"):
+                    add("instr", f"{name} instructions {mode}/echo",
+                        f"server={mode}", per[mode] / per["echo"], "ratio")
+            print(f"{name:15s} instructions/request: " + ", ".join(
+                f"{m} {per[m]:.0f}" for m in SERVERS), flush=True)
+
+
 def fmt(v):
     if v is None:
         return ""
@@ -398,6 +448,35 @@ def print_tables():
                   f"{fmt(r['budget'])})")
 
 
+def write_markdown(path, info):
+    """The same tables as Markdown (pasted into BENCHMARKS.md)."""
+    def row(r):
+        b = r.get("budget")
+        bs = "" if b is None else \
+            ("≥ " if r.get("higher_is_better") else "≤ ") + fmt(b)
+        return (f"| {r['name']} | {r['param']} | {fmt(r['value'])} | "
+                f"{fmt(r.get('spread'))} | {r['unit']} | {bs} | "
+                f"{r.get('verdict', '')} |")
+
+    head = ("| benchmark | param | median | other | unit | budget | |\n"
+            "|---|---|---:|---:|---|---|---|")
+    out = [f"Machine: {info.get('cpu', '?')}, {info.get('cpus')} CPUs, "
+           f"kernel {info.get('kernel')}, load average at start "
+           f"{' '.join(info.get('loadavg_start', []))}, at end "
+           f"{' '.join(info.get('loadavg_end', []))}.", ""]
+    out += ["### Budgets", "", head]
+    out += [row(r) for r in results if r.get("budget") is not None]
+    groups = []
+    for r in results:
+        if r["group"] not in groups:
+            groups.append(r["group"])
+    for g in groups:
+        out += ["", f"### {g}", "", head]
+        out += [row(r) for r in results if r["group"] == g]
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def machine():
     info = dict(host=platform.node(), kernel=platform.release(),
                 cpus=os.cpu_count())
@@ -425,7 +504,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100000)
-    ap.add_argument("--only", default="core,rpc,watch,scale")
+    ap.add_argument("--only", default="core,rpc,watch,scale,instr")
     args = ap.parse_args()
     parts = args.only.split(",")
     rounds = 1 if args.quick else args.rounds
@@ -448,6 +527,8 @@ def main():
             if "scale" in parts:
                 run_scale(args, bodies, n)
                 run_scale_watchers(args, bodies, n)
+            if "instr" in parts:
+                run_instructions(args, bodies)
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
             failures.append(str(e))
     try:
@@ -464,7 +545,9 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
-    print(f"\nresults: {args.out}")
+    md = os.path.splitext(args.out)[0] + ".md"
+    write_markdown(md, info)
+    print(f"\nresults: {args.out} (tables as Markdown: {md})")
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
         return 2
