@@ -8,7 +8,7 @@ PKGS=(
   libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
   nanopb libnanopb-dev libcmocka-dev grpc-proto libsqlite3-dev
   python3-grpcio python3-grpc-tools protobuf-compiler-grpc
-  nghttp2-client openssl python3-h2
+  nghttp2-client openssl python3-h2 valgrind
 )
 
 missing=()

@@ -1,10 +1,21 @@
 /*
  * server.c - the afd RPC framework over the gRPC core C API.
  *
- * Owns: the grpc_server, one completion queue created for `next`, the
+ * Owns: the grpc_server, two completion queues created for `next`, the
  * registered methods with their request pools, every per-call state
  * (struct af_rpc / struct af_stream), the CQ worker threads and one
  * dispatch thread.
+ *
+ * Two queues: `cq` gets every new-call notification and the batches of
+ * unary (and unknown-method) calls, and its workers do all the polling;
+ * `stream_cq` (non-polling), drained by a thread of its own, gets the
+ * batches of every streaming call. Why: libgrpc as
+ * Debian builds it (1.51, without NDEBUG) checks each completion with a
+ * linear scan over every tag outstanding on its queue (cq_check_tag), and
+ * each open stream keeps its t_close outstanding for its whole life. On a
+ * single queue 10k idle WatchHealth streams made every unary call cost
+ * about 6 us more CPU (9.6 -> 15.8 us, tests/bench); on their own queue
+ * they only slow the streams' own completions.
  *
  * Tags: every batch completes on a tag embedded in the call state
  * ({fn, rpc}); a worker just calls tag->fn(rpc, ok). No type switch, no
@@ -12,6 +23,15 @@
  * t_close (RECV_CLOSE_ON_SERVER, started at once, completes when the RPC is
  * over: cancel, deadline, or after our status), t_recv (RECV_MESSAGE) and
  * t_main (sends and the final status).
+ *
+ * Unary fast path: a unary call whose handler answers before returning
+ * (most of them) needs no separate t_close: RECV_CLOSE_ON_SERVER rides in
+ * the final batch (one batch, one completion per call instead of two, about
+ * 0.5 us of CPU per call; see tests/bench). For unary calls the close is
+ * therefore started lazily: by send_final if it comes first, else right
+ * after the handler returns (an answer from another thread later still
+ * needs cancellation seen while it waits). `close_started` (under mu) makes
+ * sure exactly one of the two starts it.
  *
  * Invariants:
  *  - refs counts: one per batch in flight, one for the "answer" (held by
@@ -53,6 +73,12 @@
 #include "log.h"
 #include "wire_check.h"
 
+/* Requests posted per method: 1 at start, growing by one each time the
+ * method's pool runs dry, up to REQUEST_POOL. Why not REQUEST_POOL for
+ * every method at once: libgrpc (Debian, no NDEBUG) scans every tag
+ * outstanding on `cq` on each completion, and afd registers about 45
+ * methods; 8 requests each were 360 tags, ~4k of afd's ~52k instructions
+ * per ReportOutcome (callgrind, tests/bench). Idle methods now hold one. */
 #define REQUEST_POOL 8
 #define GENERIC_POOL 2
 #define MAX_THREADS 64
@@ -69,6 +95,8 @@ typedef struct method {
   char *path;
   char *service;
   kind_t kind;
+  atomic_int posted;      /* requests outstanding for this method */
+  atomic_int pool_target; /* 1..REQUEST_POOL, grows when posted hits 0 */
   const ProtobufCMessageDescriptor *desc;
   void *handle;
   bool hash_checked;
@@ -109,6 +137,7 @@ struct af_rpc {
   atomic_bool cancelled;
   /* under mu */
   bool answered;
+  bool close_started; /* RECV_CLOSE_ON_SERVER is in some batch */
   bool md_sent;
   bool in_callback;
   bool has_pending;
@@ -176,7 +205,8 @@ struct af_server {
   const af_clock_t *clock;
 
   grpc_server *gs;
-  grpc_completion_queue *cq;
+  grpc_completion_queue *cq;        /* notifications + unary calls */
+  grpc_completion_queue *stream_cq; /* batches of streaming calls */
   method_t **methods;
   size_t n_methods;
   hook_t *begin_hooks;
@@ -187,6 +217,8 @@ struct af_server {
   void *health;
   pthread_t *workers;
   int n_workers;
+  pthread_t stream_worker;
+  bool stream_worker_running;
   pthread_t dispatcher;
   bool dispatcher_running;
 
@@ -377,16 +409,28 @@ static void on_final_done(af_rpc_t *rpc, bool ok)
   rpc_unref(rpc);
 }
 
+/* The final batch also carried RECV_CLOSE_ON_SERVER (unary fast path):
+ * record what on_close would have. Never a stream. */
+static void on_final_and_close_done(af_rpc_t *rpc, bool ok)
+{
+  (void)ok;
+  atomic_store(&rpc->cancelled, rpc->close_cancelled != 0);
+  atomic_store(&rpc->closed, true);
+  rpc_unref(rpc);
+}
+
 /* Sends [initial md] [bb] status on t_main. Takes bb (may be NULL). */
 static void send_final(af_rpc_t *rpc, grpc_status_code code, const char *msg,
                        grpc_byte_buffer *bb)
 {
-  grpc_op ops[3];
+  grpc_op ops[4];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
   pthread_mutex_lock(&rpc->mu);
   bool need_md = !rpc->md_sent;
   rpc->md_sent = true;
+  bool with_close = !rpc->close_started;
+  rpc->close_started = true;
   if (rpc->send_bb)
     grpc_byte_buffer_destroy(rpc->send_bb);
   rpc->send_bb = bb;
@@ -405,8 +449,13 @@ static void send_final(af_rpc_t *rpc, grpc_status_code code, const char *msg,
   ops[n].data.send_status_from_server.status = code;
   ops[n].data.send_status_from_server.status_details = &details;
   n++;
+  if (with_close) {
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &rpc->close_cancelled;
+    n++;
+  }
   count_code(rpc->srv, code);
-  rpc->t_main.fn = on_final_done;
+  rpc->t_main.fn = with_close ? on_final_and_close_done : on_final_done;
   start_batch(rpc, &rpc->t_main, ops, n);
   grpc_slice_unref(details);
   if (code != GRPC_STATUS_OK)
@@ -424,6 +473,17 @@ static void start_close(af_rpc_t *rpc)
   op.data.recv_close_on_server.cancelled = &rpc->close_cancelled;
   rpc->t_close.fn = on_close;
   start_batch(rpc, &rpc->t_close, &op, 1);
+}
+
+/* Starts t_close unless a batch already carries RECV_CLOSE_ON_SERVER. */
+static void ensure_close(af_rpc_t *rpc)
+{
+  pthread_mutex_lock(&rpc->mu);
+  bool start = !rpc->close_started;
+  rpc->close_started = true;
+  pthread_mutex_unlock(&rpc->mu);
+  if (start)
+    start_close(rpc);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1244,14 +1304,23 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
 {
   af_server_t *srv = rpc->srv;
   method_t *m = rpc->m;
+  int left = m ? atomic_fetch_sub(&m->posted, 1) - 1 : 1;
   if (!ok) {
     rpc_unref(rpc);
     return;
   }
-  if (atomic_load(&srv->accepting))
+  if (atomic_load(&srv->accepting)) {
     post_request(srv, m);
+    /* The pool ran dry: further calls wait inside gRPC for a request. */
+    int target = m ? atomic_load(&m->pool_target) : REQUEST_POOL;
+    if (left == 0 && target < REQUEST_POOL &&
+        atomic_compare_exchange_strong(&m->pool_target, &target, target + 1))
+      post_request(srv, m);
+  }
   atomic_fetch_add(&srv->calls_started, 1);
-  start_close(rpc);
+  bool unary = m && m->kind == KIND_UNARY;
+  if (!unary)
+    ensure_close(rpc); /* else lazily: see "Unary fast path" */
   if (!m) {
     atomic_fetch_add(&srv->unimplemented, 1);
     if (af_log_enabled(AF_LOG_DEBUG)) {
@@ -1272,7 +1341,7 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
     }
   }
   if (refuse_hash(rpc))
-    return;
+    return; /* answered: the close rode in its final batch */
   switch (m->kind) {
   case KIND_UNARY:
   case KIND_SERVER_STREAM: {
@@ -1286,10 +1355,14 @@ static void on_new_call(af_rpc_t *rpc, bool ok)
       fail_now(rpc, GRPC_STATUS_INVALID_ARGUMENT, why);
       return;
     }
-    if (m->kind == KIND_UNARY)
+    if (m->kind == KIND_UNARY) {
+      rpc_ref(rpc); /* ours: an answer may free the call before we return */
       m->unary(rpc, req, m->ctx); /* answer ref goes to the handler */
-    else
+      ensure_close(rpc);          /* no-op when it answered already */
+      rpc_unref(rpc);
+    } else {
       start_server_stream(rpc, req);
+    }
     protobuf_c_message_free_unpacked(req, NULL);
     return;
   }
@@ -1320,6 +1393,8 @@ static void post_request(af_server_t *srv, method_t *m)
   atomic_init(&rpc->refs, 1);
   pthread_mutex_init(&rpc->mu, NULL);
   rpc->t_new.fn = on_new_call;
+  if (m)
+    atomic_fetch_add(&m->posted, 1); /* undone below if gRPC refuses */
   rpc->t_new.rpc = rpc;
   rpc->t_main.rpc = rpc;
   rpc->t_close.rpc = rpc;
@@ -1332,15 +1407,19 @@ static void post_request(af_server_t *srv, method_t *m)
   grpc_call_error e;
   if (m) {
     bool payload = m->kind == KIND_UNARY || m->kind == KIND_SERVER_STREAM;
+    grpc_completion_queue *call_cq =
+        m->kind == KIND_UNARY ? srv->cq : srv->stream_cq;
     e = grpc_server_request_registered_call(
         srv->gs, m->handle, &rpc->call, &rpc->deadline, &rpc->req_md,
-        payload ? &rpc->recv_bb : NULL, srv->cq, srv->cq, &rpc->t_new);
+        payload ? &rpc->recv_bb : NULL, call_cq, srv->cq, &rpc->t_new);
   } else {
     e = grpc_server_request_call(srv->gs, &rpc->call, &rpc->details,
                                  &rpc->req_md, srv->cq, srv->cq, &rpc->t_new);
   }
   if (e != GRPC_CALL_OK) {
     af_log(AF_LOG_ERROR, "request_call failed (%d)", (int)e);
+    if (m)
+      atomic_fetch_sub(&m->posted, 1);
     rpc_unref(rpc);
   }
 }
@@ -1490,11 +1569,21 @@ af_status_t af_server_create(af_server_t **out, const af_server_options_t *opt,
   grpc_channel_args cargs = {4, args};
   srv->gs = grpc_server_create(&cargs, NULL);
   srv->cq = grpc_completion_queue_create_for_next(NULL);
-  if (!srv->gs || !srv->cq) {
+  /* Non-polling: its thread only pops completions. A polling second queue
+   * made that thread take a share of the network reads of unary calls and
+   * hand each one over to `cq`'s thread (about 2x the CPU per call). The
+   * workers on `cq` drive all I/O. */
+  grpc_completion_queue_attributes attr = {
+      GRPC_CQ_CURRENT_VERSION, GRPC_CQ_NEXT, GRPC_CQ_NON_POLLING, NULL};
+  srv->stream_cq = grpc_completion_queue_create(
+      grpc_completion_queue_factory_lookup(&attr), &attr, NULL);
+  if (!srv->gs || !srv->cq || !srv->stream_cq) {
     if (srv->gs)
       grpc_server_destroy(srv->gs);
     if (srv->cq)
       grpc_completion_queue_destroy(srv->cq);
+    if (srv->stream_cq)
+      grpc_completion_queue_destroy(srv->stream_cq);
     grpc_shutdown();
     server_free(srv);
     return af_error_set(err, AF_ENOMEM, "cannot create the gRPC server");
@@ -1670,12 +1759,12 @@ bool af_server_has_service(const af_server_t *srv, const char *service)
   return false;
 }
 
-static void *worker_main(void *arg)
+/* Drains one queue: cq (the worker threads) or stream_cq (its thread). */
+static void drain_queue(af_server_t *srv, grpc_completion_queue *cq)
 {
-  af_server_t *srv = arg;
   for (;;) {
     grpc_event ev = grpc_completion_queue_next(
-        srv->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN)
       break;
     if (ev.type != GRPC_OP_COMPLETE)
@@ -1690,6 +1779,19 @@ static void *worker_main(void *arg)
     }
     t->fn(t->rpc, ev.success != 0);
   }
+}
+
+static void *worker_main(void *arg)
+{
+  af_server_t *srv = arg;
+  drain_queue(srv, srv->cq);
+  return NULL;
+}
+
+static void *stream_worker_main(void *arg)
+{
+  af_server_t *srv = arg;
+  drain_queue(srv, srv->stream_cq);
   return NULL;
 }
 
@@ -1726,9 +1828,10 @@ af_status_t af_server_start(af_server_t *srv, int *bound_port, af_error_t *err)
   grpc_server_start(srv->gs);
   atomic_store(&srv->started, true);
   atomic_store(&srv->accepting, true);
-  for (size_t i = 0; i < srv->n_methods; i++)
-    for (int k = 0; k < REQUEST_POOL; k++)
-      post_request(srv, srv->methods[i]);
+  for (size_t i = 0; i < srv->n_methods; i++) {
+    atomic_store(&srv->methods[i]->pool_target, 1);
+    post_request(srv, srv->methods[i]);
+  }
   for (int k = 0; k < GENERIC_POOL; k++)
     post_request(srv, NULL);
   for (int i = 0; i < srv->threads; i++) {
@@ -1736,9 +1839,12 @@ af_status_t af_server_start(af_server_t *srv, int *bound_port, af_error_t *err)
       break;
     srv->n_workers++;
   }
+  if (pthread_create(&srv->stream_worker, NULL, stream_worker_main, srv) == 0)
+    srv->stream_worker_running = true;
   if (pthread_create(&srv->dispatcher, NULL, dispatch_main, srv) == 0)
     srv->dispatcher_running = true;
-  if (srv->n_workers == 0 || !srv->dispatcher_running) {
+  if (srv->n_workers == 0 || !srv->dispatcher_running ||
+      !srv->stream_worker_running) {
     af_server_shutdown(srv);
     return af_error_set(err, AF_ENOMEM, "cannot start server threads");
   }
@@ -1840,9 +1946,13 @@ void af_server_shutdown(af_server_t *srv)
     pthread_join(srv->dispatcher, NULL);
   srv->dispatcher_running = false;
   grpc_completion_queue_shutdown(srv->cq);
+  grpc_completion_queue_shutdown(srv->stream_cq);
   for (int i = 0; i < srv->n_workers; i++)
     pthread_join(srv->workers[i], NULL);
   srv->n_workers = 0;
+  if (srv->stream_worker_running)
+    pthread_join(srv->stream_worker, NULL);
+  srv->stream_worker_running = false;
 }
 
 void af_server_destroy(af_server_t *srv)
@@ -1851,17 +1961,21 @@ void af_server_destroy(af_server_t *srv)
     return;
   af_server_shutdown(srv);
   if (!atomic_load(&srv->started)) {
-    /* never started: no calls, no threads; drain the queue anyway */
-    grpc_completion_queue_shutdown(srv->cq);
-    for (;;) {
-      grpc_event ev = grpc_completion_queue_next(
-          srv->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-      if (ev.type == GRPC_QUEUE_SHUTDOWN)
-        break;
+    /* never started: no calls, no threads; drain the queues anyway */
+    grpc_completion_queue *cqs[2] = {srv->cq, srv->stream_cq};
+    for (int i = 0; i < 2; i++) {
+      grpc_completion_queue_shutdown(cqs[i]);
+      for (;;) {
+        grpc_event ev = grpc_completion_queue_next(
+            cqs[i], gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+          break;
+      }
     }
   }
   grpc_server_destroy(srv->gs);
   grpc_completion_queue_destroy(srv->cq);
+  grpc_completion_queue_destroy(srv->stream_cq);
   for (size_t i = 0; i < srv->n_destroy_hooks; i++)
     srv->destroy_hooks[i].fn(srv->destroy_hooks[i].ctx);
   grpc_shutdown();

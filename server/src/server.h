@@ -82,7 +82,8 @@ typedef struct {
   /* "host:port". Port 0 picks a free port (see af_server_start).
    * Default "127.0.0.1:50051". Borrowed: copied by af_server_create. */
   const char *listen_addr;
-  /* CQ worker threads. Default 1, range 1..64. */
+  /* CQ worker threads. Default 1, range 1..64. (Streaming calls complete
+   * on a second queue with one thread of its own; see server.c.) */
   int threads;
   /* Open server streams allowed at once; one more is refused with
    * RESOURCE_EXHAUSTED "too many watchers (limit N)". Default 10000. */

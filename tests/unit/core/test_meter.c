@@ -1576,6 +1576,20 @@ static void generated_event_ids_are_32_hex_chars_and_never_repeat(void **state)
   fx_free(fx);
 }
 
+static void generated_event_id_ends_with_the_counter_in_hex(void **state)
+{
+  (void)state;
+  fx_t *fx = fx_new(NULL, false);
+  char id[AF_EVENT_ID_MAX + 1];
+  for (unsigned i = 0; i <= 0x1234; i++) {
+    af_meter_generate_event_id(fx->m, id);
+    char want[17];
+    snprintf(want, sizeof(want), "%016x", i);
+    assert_string_equal(id + 16, want);
+  }
+  fx_free(fx);
+}
+
 #define ID_THREADS 4
 #define ID_PER_THREAD 5000
 
@@ -1904,6 +1918,7 @@ int main(void)
       cmocka_unit_test(metrics_start_at_zero_and_null_is_safe),
       cmocka_unit_test(after_sink_runs_once_the_batch_is_counted),
       cmocka_unit_test(generated_event_ids_are_32_hex_chars_and_never_repeat),
+      cmocka_unit_test(generated_event_id_ends_with_the_counter_in_hex),
       cmocka_unit_test(event_ids_generated_concurrently_never_repeat),
       cmocka_unit_test(four_producers_and_a_draining_consumer_lose_nothing),
       cmocka_unit_test(
