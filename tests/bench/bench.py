@@ -127,9 +127,18 @@ def checked_h2load(srv, label, path, body, n, **kw):
     cpu0 = srv.cpu_ns()
     r = h2load(srv.port, path, body, n, **kw)
     r["cpu_us_per_req"] = (srv.cpu_ns() - cpu0) / 1000.0 / max(r["done"], 1)
-    after = srv.stats()
-    ok = after["ok"] - before["ok"]
-    bad = after["failed"] - before["failed"]
+    # A server counts a call when its final batch completes, which can be
+    # a moment after h2load saw the response: let the counts settle
+    # (bounded) before comparing, so the next run's "before" is clean too.
+    deadline = time.monotonic() + 2.0
+    while True:
+        after = srv.stats()
+        ok = after["ok"] - before["ok"]
+        bad = after["failed"] - before["failed"]
+        if (ok + bad >= r["done"] and bad == 0) or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     if bad != 0 or ok != r["done"] or r["succeeded"] != r["done"]:
         failures.append(f"{label}: h2load done={r['done']} "
                         f"succeeded={r['succeeded']}, server OK={ok} "
