@@ -112,6 +112,8 @@ typedef enum {
 
 typedef struct {
   job_kind_t kind;
+  af_persist_done_fn then; /* optional: told once the write committed */
+  void *then_ctx;
   char name[AF_CHAOS_SCENARIO_NAME_MAX]; /* breaker, scenario or service */
   int64_t wall_ns;
   union {
@@ -382,22 +384,31 @@ static const char *job_what(const job_t *j)
 static void job_done(af_status_t st, const af_error_t *err, void *ctx)
 {
   job_t *j = ctx;
+  const char *why =
+      err != NULL && err->message[0] != '\0' ? err->message : af_status_str(st);
   if (st != AF_OK) {
     af_log(AF_LOG_ERROR, "store: lost a %s write (%s): %s", job_what(j),
-           j->name, err != NULL ? err->message : af_status_str(st));
+           j->name, why);
+  }
+  if (j->then != NULL) {
+    j->then(st, st == AF_OK ? "" : why, j->then_ctx);
   }
   af_free(j);
 }
 
-static void queue_job(af_app_t *app, job_t *j)
+/* True if queued (job_done will run); false: j was freed, `then` not
+ * called. */
+static bool queue_job(af_app_t *app, job_t *j)
 {
   af_status_t st = af_store_write(app->store, job_run, job_done, j);
-  if (st != AF_OK) {
-    af_log(st == AF_ESHUTDOWN ? AF_LOG_DEBUG : AF_LOG_ERROR,
-           "store: %s write for %s not queued: %s", job_what(j), j->name,
-           af_status_str(st));
-    af_free(j);
+  if (st == AF_OK) {
+    return true;
   }
+  af_log(st == AF_ESHUTDOWN ? AF_LOG_DEBUG : AF_LOG_ERROR,
+         "store: %s write for %s not queued: %s", job_what(j), j->name,
+         af_status_str(st));
+  af_free(j);
+  return false;
 }
 
 /* ---- the listener ------------------------------------------------------ */
@@ -537,23 +548,31 @@ static void on_event(const af_engine_event_t *ev, void *ctx)
   }
 }
 
-void af_persist_recovery_policy(af_app_t *app, const char *service,
-                                const af_recovery_policy_t *p)
+af_persist_result_t af_persist_recovery_policy(af_app_t *app,
+                                               const char *service,
+                                               const af_recovery_policy_t *p,
+                                               af_persist_done_fn then,
+                                               void *ctx)
 {
-  if (app->store == NULL || service == NULL || p == NULL) {
-    return;
+  if (app->store == NULL) {
+    return AF_PERSIST_NO_STORE;
+  }
+  if (service == NULL || p == NULL) {
+    return AF_PERSIST_REFUSED;
   }
   job_t *j = af_calloc(1, sizeof(*j));
   if (j == NULL) {
     af_log(AF_LOG_ERROR, "store: out of memory, policy of %s not saved",
            service);
-    return;
+    return AF_PERSIST_REFUSED;
   }
   j->kind = J_POLICY;
   j->policy = *p;
+  j->then = then;
+  j->then_ctx = ctx;
   j->wall_ns = af_clock_wall_ns(af_engine_clock(app->engine));
   snprintf(j->name, sizeof j->name, "%s", service);
-  queue_job(app, j);
+  return queue_job(app, j) ? AF_PERSIST_QUEUED : AF_PERSIST_REFUSED;
 }
 
 void af_persist_recovery_action(af_app_t *app, const char *action,

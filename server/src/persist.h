@@ -14,7 +14,8 @@
  * Durability of these writes: a graceful stop commits every queued write
  * (af_store_shutdown); a kill -9 may lose the writes of the last group in
  * flight. Metering is different: RecordUsage is only acknowledged after
- * the commit (see svc_metering.c).
+ * the commit (see svc_metering.c), and so is SetRecoveryPolicy (through
+ * the `then` of af_persist_recovery_policy).
  */
 #ifndef AF_PERSIST_H
 #define AF_PERSIST_H
@@ -46,11 +47,28 @@ af_status_t af_persist_attach(af_app_t *app);
 /* Unsubscribes it. Idempotent. */
 void af_persist_detach(af_app_t *app);
 
+/* Told on a store thread once a write committed (st AF_OK, message "")
+ * or failed (message says why). */
+typedef void (*af_persist_done_fn)(af_status_t st, const char *message,
+                                   void *ctx);
+
+typedef enum {
+  AF_PERSIST_NO_STORE = 0, /* --memory: nothing to write, then not called */
+  AF_PERSIST_QUEUED,       /* then (if given) will be called */
+  AF_PERSIST_REFUSED,      /* store closed or out of memory: not written,
+                              then not called */
+} af_persist_result_t;
+
 /* A recovery policy was set for service (both borrowed): queue it for the
- * store (the core publishes no event for policies). Never blocks; any
- * thread. No-op without a store. */
-void af_persist_recovery_policy(af_app_t *app, const char *service,
-                                const af_recovery_policy_t *p);
+ * store (the core publishes no event for policies). then (may be NULL)
+ * with ctx (retained until then ran) is called once it committed: for
+ * acknowledging SetRecoveryPolicy only once the policy is durable. Never
+ * blocks; any thread. */
+af_persist_result_t af_persist_recovery_policy(af_app_t *app,
+                                               const char *service,
+                                               const af_recovery_policy_t *p,
+                                               af_persist_done_fn then,
+                                               void *ctx);
 
 /* An operator action on recovery, for the recovery audit log (table
  * recovery_audit): action is "schedule", "execute", "cancel", "approve"

@@ -471,6 +471,38 @@ static void reply_not_found(af_rpc_t *rpc, const char *service)
 /* ------------------------------------------------------------------ */
 /* Policies                                                           */
 
+static void reply_policy(af_app_t *app, af_rpc_t *rpc,
+                         const af_recovery_policy_t *pol)
+{
+  pb_policy_t p;
+  Antifragility__V1__SetRecoveryPolicyResponse resp =
+      ANTIFRAGILITY__V1__SET_RECOVERY_POLICY_RESPONSE__INIT;
+  resp.policy = policy_to_pb(&p, pol, af_engine_hash(app->engine));
+  af_rpc_reply(rpc, &resp.base);
+}
+
+/* A SetRecoveryPolicy waiting for its policy to be committed. */
+typedef struct {
+  af_app_t *app;
+  af_rpc_t *rpc;
+  af_recovery_policy_t pol;
+  char service[AF_NAME_MAX + 1];
+} policy_wait_t;
+
+/* Store thread: the policy is durable (or could not be written). */
+static void on_policy_stored(af_status_t st, const char *message, void *ctx)
+{
+  policy_wait_t *w = ctx;
+  if (st == AF_OK)
+    reply_policy(w->app, w->rpc, &w->pol);
+  else
+    af_rpc_fail(w->rpc, GRPC_STATUS_UNAVAILABLE,
+                "recovery policy of %s is in effect but could not be "
+                "stored: %s",
+                w->service, message);
+  af_free(w);
+}
+
 static void on_set_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
 {
   af_app_t *app = ctx;
@@ -492,23 +524,39 @@ static void on_set_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     af_rpc_fail_status(rpc, st, &err);
     return;
   }
-  af_persist_recovery_policy(app, q->service_name, &pol); /* store.h */
   char detail[AF_PROBE_TARGET_MAX + 96];
   snprintf(detail, sizeof detail, "%s, %u attempts, probe %s %s",
            af_recovery_strategy_name(pol.strategy), pol.max_retry_attempts,
            af_probe_kind_name(pol.probe), pol.probe_target);
+  af_log(AF_LOG_INFO, "recovery policy of %s set by %s: %s", q->service_name,
+         caller(rpc, NULL), detail);
   af_persist_recovery_action(app, "policy", q->service_name, caller(rpc, NULL),
                              detail);
-  af_log(AF_LOG_INFO,
-         "recovery policy of %s set by %s: %s, %u attempts, probe %s %s",
-         q->service_name, caller(rpc, NULL),
-         af_recovery_strategy_name(pol.strategy), pol.max_retry_attempts,
-         af_probe_kind_name(pol.probe), pol.probe_target);
-  pb_policy_t p;
-  Antifragility__V1__SetRecoveryPolicyResponse resp =
-      ANTIFRAGILITY__V1__SET_RECOVERY_POLICY_RESPONSE__INIT;
-  resp.policy = policy_to_pb(&p, &pol, af_engine_hash(app->engine));
-  af_rpc_reply(rpc, &resp.base);
+  /* With a store the answer waits for the commit, as RecordUsage does:
+   * an acknowledged policy survives kill -9. Once the write is queued the
+   * store thread may answer (and so free) rpc at any moment: rpc is not
+   * touched after that unless this thread still owns the answer. */
+  policy_wait_t *w = af_malloc(sizeof *w);
+  if (w != NULL) {
+    w->app = app;
+    w->rpc = rpc;
+    w->pol = pol;
+    snprintf(w->service, sizeof w->service, "%s", q->service_name);
+  }
+  /* Without w (out of memory) the write still goes, unwaited. */
+  af_persist_result_t pr = af_persist_recovery_policy(
+      app, q->service_name, &pol, w != NULL ? on_policy_stored : NULL, w);
+  if (pr != AF_PERSIST_QUEUED || w == NULL) {
+    af_free(w);
+    w = NULL;
+  }
+  if (pr == AF_PERSIST_NO_STORE || (pr == AF_PERSIST_QUEUED && w == NULL))
+    reply_policy(app, rpc, &pol);
+  else if (pr == AF_PERSIST_REFUSED)
+    af_rpc_fail(rpc, GRPC_STATUS_UNAVAILABLE,
+                "recovery policy of %s is in effect but could not be stored "
+                "(store closed or out of memory)",
+                q->service_name);
 }
 
 static void on_get_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)

@@ -1423,6 +1423,36 @@ static void emergency_stop_stays_latched_across_a_restart(void **state)
   dir_remove(&d);
 }
 
+/* SetRecoveryPolicy answers once the policy is committed: SIGKILL right
+ * after the answer loses none of them. */
+static void acknowledged_policies_survive_sigkill(void **state)
+{
+  (void)state;
+  data_dir_t d;
+  dir_make(&d);
+  proc_t p;
+  proc_start(&p, &d, "p1");
+  af_tc_t *c = af_tc_connect(p.port);
+  for (int i = 0; i < 20; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "svc-%d", i);
+    set_policy(c, name, (uint32_t)(i + 1));
+  }
+  af_tc_close(c);
+  proc_stop(&p, SIGKILL); /* no graceful commit of anything queued */
+
+  sqlite3 *db = db_open(&d);
+  assert_int_equal(
+      db_int(db, "SELECT count(*) FROM recovery_policies", NULL, NULL), 20);
+  assert_int_equal(db_int(db,
+                          "SELECT max_retry_attempts FROM recovery_policies"
+                          " WHERE service = ?1",
+                          "svc-19", NULL),
+                   20);
+  sqlite3_close(db);
+  dir_remove(&d);
+}
+
 /* With tokens, the audit logs name the token's identity: chaos_audit for
  * an activation, recovery_audit for policy / schedule / cancel. */
 static void audit_logs_record_the_callers_identity(void **state)
@@ -1533,6 +1563,7 @@ int main(void)
       cmocka_unit_test(older_schema_is_migrated_in_place),
       cmocka_unit_test(audit_logs_record_the_callers_identity),
       cmocka_unit_test(emergency_stop_stays_latched_across_a_restart),
+      cmocka_unit_test(acknowledged_policies_survive_sigkill),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, cleanup_leftovers);
 }
