@@ -48,6 +48,13 @@ bool af_breaker_state_from_pb(Antifragility__V1__BreakerState s,
                               af_breaker_state_t *out);
 Antifragility__V1__HealthStatus af_health_status_to_pb(af_health_status_t s);
 
+/* s, or "" for NULL (protobuf-c leaves unset strings NULL in some
+ * messages). */
+static inline const char *af_str_or_empty(const char *s)
+{
+  return s != NULL ? s : "";
+}
+
 /* True if the name is acceptable for a breaker / service / target / tenant
  * (af_name_valid); otherwise sets err to "<field> must be 1-128 bytes of
  * printable UTF-8" and returns false. */

@@ -182,14 +182,12 @@ static int64_t wall_now(af_app_t *app)
   return af_clock_wall_ns(af_engine_clock(app->engine));
 }
 
-static const char *str_or_empty(const char *s) { return s != NULL ? s : ""; }
-
 /* Copies src (NULL = "") into dst[cap] if it fits; else err
  * "<field> must be at most <cap-1> bytes". */
 static bool copy_limited(char *dst, size_t cap, const char *src,
                          const char *field, af_error_t *err)
 {
-  src = str_or_empty(src);
+  src = af_str_or_empty(src);
   size_t n = strlen(src);
   if (n >= cap) {
     af_error_set(err, AF_EINVAL, "%s must be at most %zu bytes", field,
@@ -263,7 +261,7 @@ static bool fill_common(af_chaos_request_t *r, af_rpc_t *rpc,
     snprintf(r->blast_radius[i], sizeof r->blast_radius[i], "%s", c->blast[i]);
   }
   r->blast_count = c->n_blast;
-  const char *name = str_or_empty(c->name);
+  const char *name = af_str_or_empty(c->name);
   if (name[0] != '\0' && !af_check_name(name, "name", err)) {
     return false;
   }
@@ -415,7 +413,7 @@ static void on_simulate_resource_exhaustion(af_rpc_t *rpc,
   af_chaos_request_t r;
   af_chaos_request_init(&r, AF_CHAOS_RESOURCE_EXHAUSTION, NULL);
   /* The seed's default target is "system" (af_chaos_request_init). */
-  const char *target = str_or_empty(q->target);
+  const char *target = af_str_or_empty(q->target);
   char dflt[sizeof r.target];
   memcpy(dflt, r.target, sizeof dflt);
   common_req_t c = {target[0] != '\0' ? target : dflt,

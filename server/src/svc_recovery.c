@@ -109,8 +109,6 @@ static af_recovery_t *rec_of(af_app_t *app)
   return af_engine_recovery(app->engine);
 }
 
-static const char *str_or_empty(const char *s) { return s != NULL ? s : ""; }
-
 /* ------------------------------------------------------------------ */
 /* Attempt log (svc->mu held)                                         */
 
@@ -273,8 +271,8 @@ static bool policy_from_pb(const Antifragility__V1__RecoveryPolicy *pb,
     int k = (int)pb->probe;
     if (k != 0)
       pol->probe = (af_probe_kind_t)(k - 1);
-    const char *target = str_or_empty(pb->probe_target);
-    const char *service = str_or_empty(pb->probe_service);
+    const char *target = af_str_or_empty(pb->probe_target);
+    const char *service = af_str_or_empty(pb->probe_service);
     if (strlen(target) >= sizeof pol->probe_target) {
       af_error_set(err, AF_EINVAL, "probe_target must be at most %zu bytes",
                    sizeof pol->probe_target - 1);
@@ -362,54 +360,43 @@ typedef struct {
   Google__Protobuf__Timestamp ts;
 } pb_result_t;
 
+/* A RecoveryResult: the outcome of attempt `attempts` of a task (its
+ * duration and probe verdict from the attempt log when the prober ran it;
+ * without a probe the attempt passed or failed as the task did). */
+static Antifragility__V1__RecoveryResult *
+result_to_pb(af_svc_recovery_t *svc, pb_result_t *p, uint64_t task_id,
+             const char *service, af_recovery_state_t state, uint32_t attempts,
+             uint32_t max_attempts, const char *message, int64_t wall_ns)
+{
+  antifragility__v1__recovery_result__init(&p->m);
+  Antifragility__V1__RecoveryResult *m = &p->m;
+  snprintf(p->id, sizeof p->id, "%" PRIu64, task_id);
+  m->service_name = (char *)service;
+  m->task_id = p->id;
+  attempt_t a;
+  bool logged = log_get(svc, task_id, attempts, &a) && a.finished;
+  m->success = state == AF_RECOVERY_SUCCEEDED;
+  m->attempt_number = attempts;
+  m->total_attempts = max_attempts;
+  m->elapsed_time_ms = logged ? (double)a.elapsed_ms : 0.0;
+  m->state = state_to_pb(state);
+  if (!m->success)
+    m->error_message = (char *)message;
+  m->health_check_passed = logged ? a.healthy : m->success;
+  m->timestamp = af_ts_from_ns(&p->ts, wall_ns);
+  m->constitutional_hash = (char *)af_engine_hash(svc->app->engine);
+  return m;
+}
+
 /* The result of the task's latest attempt, from its snapshot after the
  * attempt finished. */
 static Antifragility__V1__RecoveryResult *
 task_result_to_pb(af_svc_recovery_t *svc, pb_result_t *p,
                   const af_recovery_task_t *t)
 {
-  antifragility__v1__recovery_result__init(&p->m);
-  Antifragility__V1__RecoveryResult *m = &p->m;
-  snprintf(p->id, sizeof p->id, "%" PRIu64, t->id);
-  m->service_name = (char *)t->service;
-  m->task_id = p->id;
-  attempt_t a;
-  bool logged = log_get(svc, t->id, t->attempts, &a) && a.finished;
-  m->success = t->state == AF_RECOVERY_SUCCEEDED;
-  m->attempt_number = t->attempts;
-  m->total_attempts = t->policy.max_retry_attempts;
-  m->elapsed_time_ms = logged ? (double)a.elapsed_ms : 0.0;
-  m->state = state_to_pb(t->state);
-  if (!m->success)
-    m->error_message = (char *)t->last_message;
-  m->health_check_passed = logged ? a.healthy : m->success;
-  m->timestamp = af_ts_from_ns(&p->ts, t->updated_wall_ns);
-  m->constitutional_hash = (char *)af_engine_hash(svc->app->engine);
-  return m;
-}
-
-static Antifragility__V1__RecoveryResult *
-history_to_pb(af_svc_recovery_t *svc, pb_result_t *p,
-              const af_recovery_result_t *r, uint32_t max_attempts)
-{
-  antifragility__v1__recovery_result__init(&p->m);
-  Antifragility__V1__RecoveryResult *m = &p->m;
-  snprintf(p->id, sizeof p->id, "%" PRIu64, r->task_id);
-  m->service_name = (char *)r->service;
-  m->task_id = p->id;
-  m->success = r->state == AF_RECOVERY_SUCCEEDED;
-  m->attempt_number = r->attempts;
-  m->total_attempts = max_attempts;
-  attempt_t a;
-  bool logged = log_get(svc, r->task_id, r->attempts, &a) && a.finished;
-  m->elapsed_time_ms = logged ? (double)a.elapsed_ms : 0.0;
-  m->state = state_to_pb(r->state);
-  if (!m->success)
-    m->error_message = (char *)r->message;
-  m->health_check_passed = logged ? a.healthy : m->success;
-  m->timestamp = af_ts_from_ns(&p->ts, r->finished_wall_ns);
-  m->constitutional_hash = (char *)af_engine_hash(svc->app->engine);
-  return m;
+  return result_to_pb(svc, p, t->id, t->service, t->state, t->attempts,
+                      t->policy.max_retry_attempts, t->last_message,
+                      t->updated_wall_ns);
 }
 
 /* ------------------------------------------------------------------ */
@@ -418,7 +405,7 @@ history_to_pb(af_svc_recovery_t *svc, pb_result_t *p,
 static bool check_hash(af_app_t *app, const char *presented, af_error_t *err)
 {
   const char *want = af_engine_hash(app->engine);
-  presented = str_or_empty(presented);
+  presented = af_str_or_empty(presented);
   if (presented[0] != '\0' && strcmp(presented, want) != 0) {
     af_error_set(err, AF_EHASH, "constitutional hash mismatch: expected %s",
                  want);
@@ -444,7 +431,7 @@ static bool check_request(af_app_t *app, af_rpc_t *rpc, const char *service,
 static bool check_len(const char *s, size_t max, const char *field,
                       af_error_t *err)
 {
-  if (strlen(str_or_empty(s)) > max) {
+  if (strlen(af_str_or_empty(s)) > max) {
     af_error_set(err, AF_EINVAL, "%s must be at most %zu bytes", field, max);
     return false;
   }
@@ -458,7 +445,7 @@ static const char *caller(af_rpc_t *rpc, const char *actor)
   const char *id = af_rpc_identity(rpc);
   if (id[0] != '\0')
     return id;
-  actor = str_or_empty(actor);
+  actor = af_str_or_empty(actor);
   return actor[0] != '\0' ? actor : af_rpc_peer(rpc);
 }
 
@@ -566,7 +553,7 @@ static void on_get_policy(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
       (const Antifragility__V1__GetRecoveryPolicyRequest *)msg;
   af_error_t err;
   af_error_clear(&err);
-  const char *name = str_or_empty(q->service_name);
+  const char *name = af_str_or_empty(q->service_name);
   if (name[0] != '\0' && !af_check_name(name, "service_name", &err)) {
     af_rpc_fail_status(rpc, AF_EINVAL, &err);
     return;
@@ -744,7 +731,7 @@ static void on_cancel(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     return;
   }
   if (st == AF_OK) {
-    const char *reason = str_or_empty(q->reason);
+    const char *reason = af_str_or_empty(q->reason);
     af_log(AF_LOG_INFO, "recovery of %s cancelled by %s%s%s", t.service,
            caller(rpc, NULL), reason[0] != '\0' ? ": " : "", reason);
     af_persist_recovery_action(app, "cancel", t.service, caller(rpc, NULL),
@@ -789,7 +776,7 @@ static void on_approve(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     af_rpc_fail_status(rpc, st, NULL);
     return;
   }
-  const char *reason = str_or_empty(q->reason);
+  const char *reason = af_str_or_empty(q->reason);
   af_log(AF_LOG_INFO, "recovery of %s approved by %s%s%s", t.service,
          caller(rpc, q->actor), reason[0] != '\0' ? ": " : "", reason);
   af_persist_recovery_action(app, "approve", t.service, caller(rpc, q->actor),
@@ -809,7 +796,7 @@ static void on_status(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
       (const Antifragility__V1__GetRecoveryStatusRequest *)msg;
   af_error_t err;
   af_error_clear(&err);
-  const char *name = str_or_empty(q->service_name);
+  const char *name = af_str_or_empty(q->service_name);
   if (name[0] != '\0' && !af_check_name(name, "service_name", &err)) {
     af_rpc_fail_status(rpc, AF_EINVAL, &err);
     return;
@@ -858,7 +845,10 @@ static void on_status(af_rpc_t *rpc, const ProtobufCMessage *msg, void *ctx)
     for (size_t j = 0; j < nt; j++)
       if (tasks[j].id == hist[i].task_id)
         max_attempts = tasks[j].policy.max_retry_attempts;
-    rp[k] = history_to_pb(svc, &pr[k], &hist[i], max_attempts);
+    const af_recovery_result_t *h = &hist[i];
+    rp[k] =
+        result_to_pb(svc, &pr[k], h->task_id, h->service, h->state, h->attempts,
+                     max_attempts, h->message, h->finished_wall_ns);
     k++;
   }
   resp.n_recent_results = k;
@@ -1198,7 +1188,7 @@ static void on_watch(af_stream_t *st, const ProtobufCMessage *msg, void *ctx)
       (const Antifragility__V1__WatchRecoveryRequest *)msg;
   af_error_t err;
   af_error_clear(&err);
-  const char *name = str_or_empty(q->service_name);
+  const char *name = af_str_or_empty(q->service_name);
   if (name[0] != '\0' && !af_check_name(name, "service_name", &err)) {
     af_stream_fail(st, GRPC_STATUS_INVALID_ARGUMENT, "%s", err.message);
     return;
