@@ -413,20 +413,12 @@ static int setup_secure(void **state)
   snprintf(g_sec_dir, sizeof g_sec_dir, "/tmp/afctl-sec-XXXXXX");
   if (mkdtemp(g_sec_dir) == NULL)
     return -1;
-  char cmd[1536];
+  if (af_test_make_certs(g_sec_dir) != 0)
+    return -1;
+  char cmd[256];
   snprintf(cmd, sizeof cmd,
-           "cd %s && printf 'subjectAltName=IP:127.0.0.1\n' > san.ext && "
-           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-           "-nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=afctl-ca "
-           ">/dev/null 2>&1 && "
-           "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-           "-nodes -keyout srv.key -out srv.csr -subj /CN=localhost "
-           ">/dev/null 2>&1 && "
-           "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key "
-           "-CAcreateserial -out srv.pem -days 2 -extfile san.ext "
-           ">/dev/null 2>&1 && "
-           "printf 'viewer read viewer-token-0123456789\n"
-           "ops admin admin-token-0123456789\n' > tokens",
+           "printf 'viewer read viewer-token-0123456789\\n"
+           "ops admin admin-token-0123456789\\n' > %s/tokens",
            g_sec_dir);
   if (system(cmd) != 0)
     return -1;

@@ -59,25 +59,12 @@ static int group_setup(void **state)
   snprintf(g_dir, sizeof g_dir, "/tmp/af-sec-XXXXXX");
   if (mkdtemp(g_dir) == NULL)
     return -1;
-  char cmd[1024];
+  if (af_test_make_certs(g_dir) != 0)
+    return -1;
+  char cmd[256];
   snprintf(cmd, sizeof cmd,
            "cd %s && printf '%%s' '" REPORT_TOKEN
-           "' | sha256sum | cut -c1-64 > report.sha && "
-           "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext && "
-           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-           "-nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=af-test-ca "
-           ">/dev/null 2>&1 && "
-           "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-           "-nodes -keyout srv.key -out srv.csr -subj /CN=localhost "
-           ">/dev/null 2>&1 && "
-           "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key "
-           "-CAcreateserial -out srv.pem -days 2 -extfile san.ext "
-           ">/dev/null 2>&1 && "
-           "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-           "-nodes -keyout cli.key -out cli.csr -subj /CN=af-test-client "
-           ">/dev/null 2>&1 && "
-           "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key "
-           "-CAcreateserial -out cli.pem -days 2 >/dev/null 2>&1",
+           "' | sha256sum | cut -c1-64 > report.sha",
            g_dir);
   if (system(cmd) != 0)
     return -1;

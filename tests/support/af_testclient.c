@@ -290,6 +290,29 @@ void af_ts_stop(af_test_server_t *ts)
   free(ts);
 }
 
+int af_test_make_certs(const char *dir)
+{
+  static const char key[] = "openssl req -newkey ec -pkeyopt "
+                            "ec_paramgen_curve:prime256v1 -nodes";
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && "
+           "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext"
+           " && %s -x509 -keyout ca.key -out ca.pem -days 2"
+           " -subj /CN=af-test-ca >/dev/null 2>&1"
+           " && %s -keyout srv.key -out srv.csr -subj /CN=localhost"
+           " >/dev/null 2>&1"
+           " && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key"
+           " -CAcreateserial -out srv.pem -days 2 -extfile san.ext"
+           " >/dev/null 2>&1"
+           " && %s -keyout cli.key -out cli.csr -subj /CN=af-test-client"
+           " >/dev/null 2>&1"
+           " && openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key"
+           " -CAcreateserial -out cli.pem -days 2 >/dev/null 2>&1",
+           dir, key, key, key);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
 /* ------------------------------------------------------------------ */
 /* Channel                                                            */
 

@@ -73,6 +73,12 @@ af_engine_t *af_ts_engine(af_test_server_t *ts);
  * a no-op. */
 void af_ts_stop(af_test_server_t *ts);
 
+/* Makes a test PKI in dir with openssl (never committed): ca.pem/ca.key
+ * (a CA), srv.pem/srv.key (signed by it, for 127.0.0.1 and localhost),
+ * cli.pem/cli.key (a client certificate signed by it). Returns 0, or -1 if
+ * openssl failed. dir borrowed. */
+int af_test_make_certs(const char *dir);
+
 /* ------------------------------------------------------------------ */
 /* Client                                                             */
 
